@@ -1,0 +1,83 @@
+"""Benchmark: full seven-epoch runs of known settings, with timings and throughput.
+
+    python -m mainrun.bench --dataset titles.txt [--runs baseline:fp32,report-000:bf16] [--json out.json]
+
+For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model
+TFLOP/s and its fraction of the GPU's dense bf16 peak, and the final validation loss.
+It is a benchmark, not a test: nothing here asserts a time.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from .config import PRESETS, RunConfig
+from .data import prepare_data
+from .model import GPT
+from .train import steps_per_epoch, train
+
+# Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
+BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+
+
+def flops_per_token(cfg: RunConfig, vocab_size: int) -> float:
+    """Training FLOPs per token: 6 per matmul weight (forward + backward) plus attention scores."""
+    model = GPT(cfg, vocab_size)
+    matmul = sum(m.weight.numel() for m in model.modules() if isinstance(m, torch.nn.Linear))
+    return 6.0 * matmul + 12.0 * cfg.n_layer * cfg.block_size * cfg.d_model
+
+
+def gpu_peak() -> float | None:
+    if not torch.cuda.is_available():
+        return None
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mainrun.bench", description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--runs", default="baseline:bf16,report-003:bf16",
+                        help="comma-separated PRESET:PRECISION (default: %(default)s)")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--cache-dir")
+    parser.add_argument("--json", help="write the rows here as JSON")
+    args = parser.parse_args(argv)
+
+    rows = []
+    for spec in args.runs.split(","):
+        preset, _, precision = spec.partition(":")
+        cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset, "precision": precision or "auto"})
+        data = prepare_data(cfg, args.cache_dir)
+        t0 = time.perf_counter()
+        result = train(cfg, data, device=args.device, progress=False, echo=None)
+        wall = time.perf_counter() - t0 + data.prep_seconds
+        steps_ = result.steps
+        tflops = flops_per_token(cfg, data.vocab_size) * steps_ * cfg.batch_size * cfg.block_size \
+            / result.train_seconds / 1e12
+        peak = gpu_peak()
+        rows.append({"run": spec, "val_loss": result.val_loss, "data_s": data.prep_seconds,
+                     "data_cached": data.cached, "train_s": result.train_seconds, "wall_s": wall,
+                     "tokens_per_s": result.tokens_per_second, "tflops": tflops,
+                     "peak_frac": tflops / peak if peak else None, "steps": steps_,
+                     "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)),
+                     "params": result.n_params, "peak_mem_mb": result.peak_memory_mb, "device": result.device,
+                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+        print(json.dumps(rows[-1]), flush=True)
+
+    print(f"\n{'run':<22}{'val_loss':>9}{'data s':>8}{'train s':>9}{'tok/s':>12}{'TFLOP/s':>9}{'%peak':>7}")
+    for r in rows:
+        frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
+        print(f"{r['run']:<22}{r['val_loss']:>9.4f}{r['data_s']:>8.1f}{r['train_s']:>9.1f}"
+              f"{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

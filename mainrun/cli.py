@@ -1,0 +1,171 @@
+"""Thin entry points: parse arguments, call the package, turn known errors into exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .config import PRESETS, ConfigError, RunConfig, parse_yaml_text
+
+EXIT_USAGE = 2
+
+
+def _fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _parse_overrides(pairs: list[str]) -> dict:
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects KEY=VALUE; got {pair!r}")
+        overrides[key.strip()] = parse_yaml_text(value, f"--set {key}")
+    return overrides
+
+
+def load_run_config(config: str | None, preset: str | None, dataset: str | None, overrides: list[str]) -> RunConfig:
+    """Baseline <- preset <- config file <- --dataset <- --set, each validated."""
+    cfg = RunConfig()
+    if preset:
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        cfg = RunConfig.from_dict(PRESETS[preset], base=cfg, source=f"preset {preset}")
+    if config:
+        cfg = RunConfig.from_yaml(config, base=cfg)
+    extra = _parse_overrides(overrides)
+    if dataset:
+        extra["dataset"] = dataset
+    return RunConfig.from_dict(extra, base=cfg, source="command line") if extra else cfg
+
+
+# ---------------------------------------------------------------------- mainrun-train
+def train_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mainrun-train",
+        description="Run one Mainrun training run (7 epochs) and print the final validation loss.")
+    parser.add_argument("--config", help="run config YAML (a partial file overrides the baseline)")
+    parser.add_argument("--preset", help=f"start from a known setting: {', '.join(PRESETS)}")
+    parser.add_argument("--dataset", help="hub id or local titles file/folder (overrides the config)")
+    parser.add_argument("--device", default="auto", help="auto (default), cpu, cuda, cuda:1, ...")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override one config field, e.g. --set lr=3e-4 (repeatable)")
+    parser.add_argument("--log", default="logs/mainrun.log", help="JSONL event log (default: %(default)s)")
+    parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    args = parser.parse_args(argv)
+
+    from .data import DataError, prepare_data
+    from .train import ScoringError, train
+
+    try:
+        cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
+        data = prepare_data(cfg, args.cache_dir)
+        result = train(cfg, data, device=args.device, log_path=args.log, progress=not args.no_progress)
+    except (ConfigError, DataError, ScoringError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s, data {result.prep_seconds:.1f}s, "
+          f"{result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, device {result.device} "
+          f"({result.precision}), peak {result.peak_memory_mb:,.0f} MiB, log {Path(args.log)}")
+    if not cfg.comparable:
+        print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")
+    print(f"val_loss={result.val_loss:.6f}")
+    return 0 if result.diverged is None else 1
+
+
+# ---------------------------------------------------------------------- mainrun-search
+def _gpu_list(text: str) -> list[int]:
+    try:
+        return [int(g) for g in text.split(",") if g.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected GPU indices such as 0,1,2; got {text!r}") from None
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer; got {text!r}")
+    return value
+
+
+def search_main(argv: list[str] | None = None) -> int:
+    from .search import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
+
+    parser = argparse.ArgumentParser(
+        prog="mainrun-search",
+        description="Search Mainrun hyperparameters with Optuna: every trial is a full seven-epoch run, "
+                    "pruned on intermediate validation loss. Re-running the same command resumes the study.")
+    parser.add_argument("--space", required=True, help="search-space YAML, e.g. search_spaces/arch.yaml")
+    parser.add_argument("--trials", type=_positive, default=40,
+                        help="TOTAL finished trials (complete + pruned) the study should end with, not 'N more': "
+                             "a re-run after an interruption runs only the missing ones (default: %(default)s)")
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="SQLAlchemy URL of the study database (default: %(default)s); "
+                             "postgresql+psycopg://user@host/db to share a study between machines")
+    parser.add_argument("--study", help="study name (default: the space file's stem)")
+    parser.add_argument("--new-study", action="store_true",
+                        help="if the study exists with another space or dataset, start NAME-2 (NAME-3, ...) instead")
+    parser.add_argument("--dataset", help="hub id or local titles file/folder (default: the Mainrun hub dataset)")
+    parser.add_argument("--device", default="auto", help="device for the workers: auto (default), cpu, cuda, cuda:1")
+    parser.add_argument("--jobs", type=_positive, default=1, help="worker processes on this machine (default: 1)")
+    parser.add_argument("--gpus", type=_gpu_list, help="GPU indices, one set of workers per GPU, e.g. 0,1,2,3")
+    parser.add_argument("--jobs-per-gpu", type=_positive, default=1, help="workers per GPU with --gpus (default: 1)")
+    parser.add_argument("--seed", type=int, help="sampler seed: makes a one-worker search repeatable")
+    parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
+    parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
+    parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
+                        help="seconds between worker heartbeats (default: %(default)s)")
+    parser.add_argument("--heartbeat-grace", type=_positive, default=HEARTBEAT_GRACE,
+                        help="seconds without a heartbeat before a trial counts as lost and is retried "
+                             "(default: %(default)s)")
+    args = parser.parse_args(argv)
+    if args.gpus and args.jobs != 1:
+        parser.error("--jobs goes with one device; with --gpus use --jobs-per-gpu")
+    if args.heartbeat_grace <= args.heartbeat:
+        parser.error("--heartbeat-grace must be longer than --heartbeat")
+
+    from .data import DataError
+    from .search import SearchError, SearchOptions, StorageSettings, run_search
+
+    opts = SearchOptions(
+        space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
+        storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
+        gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
+        cache_dir=args.cache_dir, artifacts=args.artifacts)
+    try:
+        return run_search(opts)
+    except (ConfigError, DataError, SearchError) as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+# ---------------------------------------------------------------------- mainrun-export
+def export_main(argv: list[str] | None = None) -> int:
+    from .search import DEFAULT_STORAGE
+
+    parser = argparse.ArgumentParser(
+        prog="mainrun-export",
+        description="Write a trial's complete run config (default: the best trial) for mainrun-train --config.")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="default: %(default)s")
+    parser.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
+    parser.add_argument("--out", required=True, help="output YAML file")
+    args = parser.parse_args(argv)
+
+    from .search import SearchError, export_trial
+    try:
+        number, value = export_trial(args.storage, args.study, args.out, args.trial)
+    except (ConfigError, SearchError) as e:
+        _fail(str(e))
+    print(f"exported trial {number} (val_loss {value:.6f}) to {args.out}")
+    print(f"next: mainrun-train --config {args.out}")
+    return 0

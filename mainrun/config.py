@@ -1,0 +1,305 @@
+"""The run configuration: one dataclass that holds every knob of a Mainrun training run.
+
+The defaults are the Mainrun baseline. A YAML file overrides any subset of the fields;
+anything unknown, mistyped or impossible is refused with a `ConfigError` naming the key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+HUB_DATASET = "julien040/hacker-news-posts"
+
+# Fields the Mainrun rules fix. They keep their defaults unless `mainrun_rules: false`.
+MAINRUN_FIXED = (
+    "epochs", "seed", "num_titles", "val_frac", "evals_per_epoch",
+    "eval_batch_size", "eval_block_size",
+)
+
+# Values allowed for the string-valued choice fields.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mlp": ("gelu", "swiglu", "relu2"),
+    "norm": ("layernorm", "rmsnorm"),
+    "pos_emb": ("learned", "rope"),
+    "optimizer": ("sgd", "adamw"),
+    "schedule": ("cosine", "warmup_cosine", "linear"),
+    "precision": ("auto", "bf16", "fp32"),
+}
+
+
+# Known settings, by name: `mainrun-train --preset NAME` and a search space's `enqueue:` use them.
+PRESETS: dict[str, dict[str, Any]] = {
+    "baseline": {},
+    # seed report 000: AdamW + linear warmup and cosine decay
+    "report-000": {"optimizer": "adamw", "lr": 3e-4, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.1,
+                   "schedule": "warmup_cosine", "warmup_steps": 100},
+    # seed report 003: wider, deeper, SwiGLU
+    "report-003": {"d_model": 1024, "n_head": 16, "n_layer": 8, "mlp": "swiglu", "optimizer": "adamw",
+                   "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.01,
+                   "schedule": "warmup_cosine", "warmup_steps": 100},
+}
+
+
+class ConfigError(ValueError):
+    """A run configuration (or the file it came from) is invalid. The message names the key."""
+
+
+@dataclass
+class RunConfig:
+    # --- data and tokenizer (Mainrun `Hyperparameters` names) ---
+    dataset: str = HUB_DATASET          # hub id, or a local .txt/.jsonl/.csv/.parquet file or save_to_disk folder
+    num_titles: int = 100_000
+    val_frac: float = 0.10
+    seed: int = 1337
+    vocab_size: int = 16_000
+    # --- model ---
+    block_size: int = 128
+    n_layer: int = 6
+    n_head: int = 8
+    d_model: int = 512
+    dropout: float = 0.1
+    mlp: str = "gelu"                   # gelu (baseline, 4x), swiglu, relu2
+    mlp_ratio: float = 4.0              # hidden width / d_model (swiglu uses 2/3 of it per branch)
+    norm: str = "layernorm"
+    pos_emb: str = "learned"
+    qk_norm: bool = False
+    tie_embeddings: bool = True
+    bias: bool = True
+    # --- optimisation ---
+    batch_size: int = 64
+    epochs: int = 7
+    optimizer: str = "sgd"
+    lr: float = 6e-3
+    weight_decay: float = 0.0
+    momentum: float = 0.0               # sgd only
+    nesterov: bool = False              # sgd only
+    beta1: float = 0.9                  # adamw only
+    beta2: float = 0.999                # adamw only
+    eps: float = 1e-8                   # adamw only
+    schedule: str = "cosine"            # cosine: the baseline's CosineAnnealingLR over all steps
+    warmup_steps: int = 0               # warmup_cosine / linear
+    min_lr_frac: float = 0.0            # warmup_cosine / linear: final lr = lr * min_lr_frac
+    grad_clip: float = 1.0              # 0 disables clipping
+    precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
+    # --- evaluation (Mainrun-fixed scoring geometry) ---
+    evals_per_epoch: int = 3
+    eval_batch_size: int = 64
+    eval_block_size: int = 128
+    # --- rules ---
+    mainrun_rules: bool = True          # false: allow changing the fixed fields; the number is then not comparable
+
+    # ------------------------------------------------------------------ validation
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        hints = typing.get_type_hints(type(self))
+        for f in fields(self):
+            value = getattr(self, f.name)
+            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"key '{name}': must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
+
+        positive = ("num_titles", "vocab_size", "block_size", "n_layer", "n_head", "d_model",
+                     "batch_size", "epochs", "evals_per_epoch", "eval_batch_size", "eval_block_size")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"key '{name}': must be a positive integer; got {getattr(self, name)}")
+        _check(self.lr > 0, "lr", f"must be > 0; got {self.lr}")
+        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1); got {self.dropout}")
+        _check(0.0 < self.val_frac < 1.0, "val_frac", f"must be in (0, 1); got {self.val_frac}")
+        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0; got {self.weight_decay}")
+        _check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1); got {self.momentum}")
+        _check(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
+        _check(0.0 <= self.beta1 < 1.0, "beta1", f"must be in [0, 1); got {self.beta1}")
+        _check(0.0 <= self.beta2 < 1.0, "beta2", f"must be in [0, 1); got {self.beta2}")
+        _check(self.eps > 0, "eps", f"must be > 0; got {self.eps}")
+        _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0; got {self.warmup_steps}")
+        _check(0.0 <= self.min_lr_frac <= 1.0, "min_lr_frac", f"must be in [0, 1]; got {self.min_lr_frac}")
+        _check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables); got {self.grad_clip}")
+        _check(self.mlp_ratio > 0, "mlp_ratio", f"must be > 0; got {self.mlp_ratio}")
+        _check(self.vocab_size >= 259, "vocab_size",
+               f"must be at least 259 (256 bytes + 3 special tokens); got {self.vocab_size}")
+        _check(self.d_model % self.n_head == 0, "n_head",
+               f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
+        _check(self.pos_emb != "rope" or self.head_dim % 2 == 0, "pos_emb",
+               f"rope needs an even head dimension; d_model/n_head = {self.head_dim}")
+        _check(bool(self.dataset.strip()), "dataset", "must not be empty")
+        if self.mainrun_rules:
+            baseline = RunConfig.__dataclass_fields__
+            for name in MAINRUN_FIXED:
+                default = baseline[name].default
+                if getattr(self, name) != default:
+                    raise ConfigError(
+                        f"key '{name}': the Mainrun rules fix it at {default!r} (got {getattr(self, name)!r}); "
+                        "set 'mainrun_rules: false' to change it, and the result is then not comparable with Mainrun's")
+
+    # ------------------------------------------------------------------ derived values
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_head
+
+    @property
+    def comparable(self) -> bool:
+        """True when every Mainrun-fixed field has its Mainrun value."""
+        baseline = RunConfig.__dataclass_fields__
+        return all(getattr(self, n) == baseline[n].default for n in MAINRUN_FIXED)
+
+    def changed_fixed_fields(self) -> dict[str, Any]:
+        baseline = RunConfig.__dataclass_fields__
+        return {n: getattr(self, n) for n in MAINRUN_FIXED if getattr(self, n) != baseline[n].default}
+
+    # ------------------------------------------------------------------ dict / YAML
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Any, *, base: "RunConfig | None" = None, source: str = "config") -> "RunConfig":
+        """Build a config from a mapping; missing keys come from `base` (default: the baseline)."""
+        if not isinstance(data, dict):
+            raise ConfigError(f"{source}: the top level must be a mapping of config keys; got {type(data).__name__}")
+        known = {f.name for f in fields(cls)}
+        for key in data:
+            if key not in known:
+                raise ConfigError(f"{source}: unknown key '{key}'{_did_you_mean(str(key), known)}")
+        merged = base.to_dict() if base is not None else {}
+        merged.update(data)
+        try:
+            return cls(**merged)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+    def replace(self, **changes: Any) -> "RunConfig":
+        return RunConfig.from_dict(changes, base=self)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, *, base: "RunConfig | None" = None) -> "RunConfig":
+        data = load_yaml_file(path)
+        return cls.from_dict({} if data is None else data, base=base, source=str(path))
+
+    def to_yaml(self, path: str | Path | None = None, header: str = "") -> str:
+        comment = "".join(f"# {line}\n" if line else "#\n" for line in header.splitlines())
+        text = comment + yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(text)
+        return text
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"key '{key}': {message}")
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    import difflib
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return f" (did you mean '{close[0]}'?)" if close else ""
+
+
+def _coerce(name: str, value: Any, kind: Any) -> Any:
+    """Check `value` against the field type. Ints become floats for float fields, and a
+    numeric string such as '6e-3' is accepted for a float (YAML 1.1 reads it as a string)."""
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif kind is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise ConfigError(f"key '{name}': must be a finite number; got {value}")
+            return float(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+            else:
+                if math.isfinite(number):
+                    return number
+    elif kind is str:
+        if isinstance(value, str):
+            return value
+    raise ConfigError(f"key '{name}': expected {kind.__name__}; got {value!r} ({type(value).__name__})")
+
+
+# ---------------------------------------------------------------------- safe YAML
+class YamlError(ConfigError):
+    """A YAML file could not be read or parsed safely."""
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """safe_load semantics, plus: duplicate keys are an error, and anchors/aliases are refused
+    (a 'billion laughs' file can otherwise expand to gigabytes)."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.constructor.ConstructorError(
+                None, None, "aliases (*name) are not allowed in mainrun files", event.start_mark)
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):  # type: ignore[override]
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (list, dict)):
+                raise yaml.constructor.ConstructorError(
+                    None, None, "mapping keys must be plain values", key_node.start_mark)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+MAX_YAML_BYTES = 1 << 20
+
+
+def parse_yaml_text(text: str, source: str) -> Any:
+    if len(text) > MAX_YAML_BYTES:
+        raise YamlError(f"{source}: file is larger than {MAX_YAML_BYTES} bytes; this is not a mainrun file")
+    try:
+        return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - _StrictLoader is a SafeLoader
+    except yaml.YAMLError as e:
+        where = ""
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        if mark is not None:
+            where = f" (line {mark.line + 1}, column {mark.column + 1})"
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        if "\t" in text and "tab" in str(e).lower():
+            problem += "; YAML does not allow tabs for indentation"
+        raise YamlError(f"{source}: not valid YAML{where}: {problem}") from None
+    except RecursionError:
+        raise YamlError(f"{source}: nesting is too deep") from None
+
+
+def load_yaml_file(path: str | Path) -> Any:
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise YamlError(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise YamlError(f"{path}: is a directory, not a YAML file") from None
+    except OSError as e:
+        raise YamlError(f"{path}: cannot read the file ({e.strerror})") from None
+    if len(raw) > MAX_YAML_BYTES:
+        raise YamlError(f"{path}: file is larger than {MAX_YAML_BYTES} bytes; this is not a mainrun file")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise YamlError(f"{path}: not a UTF-8 text file") from None
+    return parse_yaml_text(text, str(path))
+

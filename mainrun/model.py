@@ -1,0 +1,140 @@
+"""The GPT model: Mainrun's baseline and the variants a search can switch on, in reading order.
+
+Baseline: learned positional embedding, pre-LayerNorm blocks, causal self-attention,
+GELU MLP (4x), dropout, tied output head, weights N(0, 0.02), biases zero.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from torch.nn import functional as F
+
+from .config import RunConfig
+
+
+def make_norm(cfg: RunConfig, dim: int) -> nn.Module:
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(dim)
+    return nn.LayerNorm(dim, bias=cfg.bias)
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding (RoPE) applied to queries and keys."""
+
+    def __init__(self, head_dim: int, max_len: int, base: float = 10_000.0):
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))
+        angles = torch.outer(torch.arange(max_len).float(), inv_freq)      # (T, head_dim/2)
+        self.register_buffer("cos", angles.cos()[None, None], persistent=False)
+        self.register_buffer("sin", angles.sin()[None, None], persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:                    # x: (B, H, T, D)
+        T = x.size(-2)
+        x1, x2 = x[..., 0::2], x[..., 1::2]
+        cos, sin = self.cos[..., :T, :].to(x.dtype), self.sin[..., :T, :].to(x.dtype)
+        return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
+        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.rotary = Rotary(cfg.head_dim, max(cfg.block_size, cfg.eval_block_size)) if cfg.pos_emb == "rope" else None
+        self.q_norm = nn.RMSNorm(cfg.head_dim) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.size()
+        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            q, k = self.rotary(q), self.rotary(k)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
+                                           dropout_p=self.dropout if self.training else 0.0)
+        y = y.transpose(1, 2).reshape(B, T, C)
+        return self.resid_drop(self.proj(y))
+
+
+class MLP(nn.Module):
+    """gelu: the baseline's Linear-GELU-Linear; relu2: squared ReLU; swiglu: SiLU-gated, with
+    2/3 of the hidden width per branch so that its parameter count matches the others."""
+
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.kind = cfg.mlp
+        hidden = int(cfg.mlp_ratio * cfg.d_model)
+        if self.kind == "swiglu":
+            hidden = 64 * math.ceil(hidden * 2 / 3 / 64)
+            self.gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
+        self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
+        self.drop = nn.Dropout(cfg.dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.kind == "swiglu":
+            h = F.silu(self.gate(x)) * self.up(x)
+        elif self.kind == "relu2":
+            h = F.relu(self.up(x)).square()
+        else:
+            h = F.gelu(self.up(x))
+        return self.drop(self.down(h))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: RunConfig):
+        super().__init__()
+        self.ln1 = make_norm(cfg, cfg.d_model)
+        self.attn = CausalSelfAttention(cfg)
+        self.ln2 = make_norm(cfg, cfg.d_model)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.ln1(x))
+        return x + self.mlp(self.ln2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, cfg: RunConfig, vocab_size: int):
+        super().__init__()
+        self.block_size = cfg.block_size
+        self.token_emb = nn.Embedding(vocab_size, cfg.d_model)
+        self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model)) if cfg.pos_emb == "learned" else None
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
+        self.ln_f = make_norm(cfg, cfg.d_model)
+        self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.apply(self._init_weights)
+        if cfg.tie_embeddings:
+            self.head.weight = self.token_emb.weight
+
+    @staticmethod
+    def _init_weights(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+            if isinstance(module, nn.Linear) and module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor | None]:
+        T = idx.size(1)
+        x = self.token_emb(idx)
+        if self.pos_emb is not None:
+            x = x + self.pos_emb[:, :T, :]
+        x = self.drop(x)
+        for block in self.blocks:
+            x = block(x)
+        logits = self.head(self.ln_f(x))
+        if targets is None:
+            return logits, None
+        # Cross-entropy in fp32 whatever the autocast dtype.
+        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+        return logits, loss
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -1,0 +1,596 @@
+"""The study, the objective and the workers.
+
+One trial = one full Mainrun training run. Optuna's RDB storage is the only coordinator:
+workers (processes here, or on other machines) share a study through it; heartbeats turn a
+dead worker's trial into a FAIL that is retried once; `--trials N` is the number of
+finished (complete + pruned) trials the study ends with.
+"""
+from __future__ import annotations
+
+import contextlib
+import gc
+import hashlib
+import itertools
+import multiprocessing
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+# Heartbeats, their retry callback and metric names are stable in practice but still flagged
+# experimental; the warnings would repeat in every worker.
+warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+from .config import ConfigError, RunConfig
+from .data import Data, prepare_data
+from .space import SearchSpace, load_space
+
+DEFAULT_STORAGE = "sqlite:///studies/mainrun.db"
+METRIC = "val_loss"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# A seven-epoch GPU trial takes tens of seconds to minutes: beat every 30 s, and call a
+# worker dead after 2 minutes of silence.
+HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120
+MAX_CONSECUTIVE_FAILURES = 5
+
+
+class SearchError(Exception):
+    """A search cannot start or go on. The message says why and what to do."""
+
+
+class TrialFailed(Exception):
+    """The trial's own config failed (e.g. out of memory); recorded as FAIL, not retried."""
+
+
+# ---------------------------------------------------------------------- storage
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages and logs."""
+    from sqlalchemy.engine import make_url
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<storage URL>"
+
+
+@dataclass
+class StorageSettings:
+    url: str = DEFAULT_STORAGE
+    heartbeat_interval: int = HEARTBEAT_INTERVAL
+    heartbeat_grace: int = HEARTBEAT_GRACE
+
+
+def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
+    """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
+    (readers such as the dashboard never block the writers) and a long lock timeout."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    url = settings.url
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise SearchError(f"--storage {redact(url)!s}: not a SQLAlchemy URL (e.g. sqlite:///studies/mainrun.db "
+                          "or postgresql+psycopg://user@host/db)") from None
+    engine_kwargs: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            db = Path(parsed.database)
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
+        engine_kwargs = {"connect_args": {"timeout": 60}}
+    else:
+        engine_kwargs = {"pool_pre_ping": True}
+    try:
+        return optuna.storages.RDBStorage(
+            url, engine_kwargs=engine_kwargs,
+            heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+    except Exception as e:  # driver errors vary; none of them may echo the password
+        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+        if parsed.password:
+            reason = reason.replace(parsed.password, "***")
+        raise SearchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {reason}") from None
+
+
+def artifact_dir(storage_url: str, override: str | None = None) -> Path:
+    """Trial artifacts live beside the database: <db folder>/artifacts for SQLite."""
+    if override:
+        return Path(override)
+    from sqlalchemy.engine import make_url
+    parsed = make_url(storage_url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database).parent / "artifacts"
+    return Path("studies") / "artifacts"
+
+
+def dashboard_command(storage_url: str, artifacts: Path) -> str:
+    return f"optuna-dashboard {redact(storage_url)} --host 127.0.0.1 --port 8080 --artifact-dir {artifacts}"
+
+
+# ---------------------------------------------------------------------- study
+def tally(study: optuna.Study) -> dict[TrialState, int]:
+    counts = {state: 0 for state in TrialState}
+    for t in study.get_trials(deepcopy=False):
+        counts[t.state] += 1
+    return counts
+
+
+def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConfig,
+               seed: int | None = None, new_study: bool = False, echo=print) -> optuna.Study:
+    """Create the study (with its identity and enqueued trials) or resume it. An existing
+    study made from a different space or dataset is refused: its trials would not compare."""
+    existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
+    if name in existing:
+        study = optuna.load_study(study_name=name, storage=storage)
+        theirs = study.user_attrs
+        mismatch = []
+        if theirs.get("space_sha256") not in (None, space.sha256):
+            mismatch.append(f"search space (it was made from {theirs.get('space_file')})")
+        if theirs.get("titles_sha256") not in (None, data.titles_sha256):
+            mismatch.append(f"dataset (it was made on {theirs.get('dataset')})")
+        if mismatch:
+            if not new_study:
+                free = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing)
+                raise SearchError(
+                    f"study '{name}' already exists with a different {' and '.join(mismatch)}. "
+                    f"Resume it with the same inputs, pick another name with --study, or pass --new-study "
+                    f"to start '{free}'.")
+            name = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing)
+            echo(f"search: starting a new study '{name}' (--new-study)")
+        else:
+            echo(f"search: resuming study '{name}' ({_summary(tally(study))})")
+            _set_policy(study, space, seed)
+            return study
+    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+    study.set_metric_names([METRIC])
+    study.set_user_attr("space_file", space.path)
+    study.set_user_attr("space_sha256", space.sha256)
+    study.set_user_attr("space_yaml", space.text)
+    study.set_user_attr("dataset", base.dataset)
+    study.set_user_attr("titles_sha256", data.titles_sha256)
+    study.set_user_attr("mainrun_version", version())
+    for label, params in space.enqueue:
+        study.enqueue_trial(params, user_attrs={"enqueued_as": label}, skip_if_exists=True)
+    _save_dashboard_note(study, space, base)
+    echo(f"search: created study '{name}'" + (f" with {len(space.enqueue)} enqueued trials" if space.enqueue else ""))
+    _set_policy(study, space, seed)
+    return study
+
+
+def _set_policy(study: optuna.Study, space: SearchSpace, seed: int | None) -> None:
+    study.sampler = space.make_sampler(seed)
+    study.pruner = space.make_pruner()
+
+
+def _save_dashboard_note(study: optuna.Study, space: SearchSpace, base: RunConfig) -> None:
+    from optuna_dashboard import save_note
+    params = ", ".join(p.name for p in space.params)
+    save_note(study, f"# {study.study_name}\n\n{space.description or ''}\n\n"
+                     f"* space: `{space.path}` (samples {params})\n* dataset: `{base.dataset}`\n"
+                     f"* metric: `{METRIC}` (Mainrun evaluate(), per character; lower is better)\n\n"
+                     f"Export the best trial and train it:\n\n"
+                     f"```\nmainrun-export --study {study.study_name} --out best.yaml && "
+                     f"mainrun-train --config best.yaml\n```\n")
+
+
+def _summary(counts: dict[TrialState, int]) -> str:
+    return (f"{counts[TrialState.COMPLETE]} complete, {counts[TrialState.PRUNED]} pruned, "
+            f"{counts[TrialState.FAIL]} failed, {counts[TrialState.RUNNING]} running, "
+            f"{counts[TrialState.WAITING]} waiting")
+
+
+# ---------------------------------------------------------------------- provenance
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as pkg_version
+    try:
+        return pkg_version("mainrun")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# ---------------------------------------------------------------------- objective
+@dataclass
+class WorkerContext:
+    """Everything a worker needs; plain data so it crosses a process boundary."""
+    space_path: str
+    base: dict
+    storage: StorageSettings
+    study_name: str
+    trials: int
+    device: str
+    cache_dir: str | None
+    artifacts: str
+    seed: int | None
+    worker: int
+    start_time: float
+    finished_at_start: int
+    threads: int | None = None
+
+
+def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerContext, admission):
+    import torch
+
+    from .train import ScoringError, train
+    store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
+    commit = git_commit()
+
+    def objective(trial: optuna.Trial) -> float:
+        admission.release()                      # this trial now counts; the next worker may decide
+        try:
+            cfg = space.suggest(trial, base)
+        except ConfigError as e:                 # the space validation should make this impossible
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialFailed(str(e)) from None
+        trial.set_user_attr("config", cfg.to_dict())
+        trial.set_user_attr("mainrun_version", version())
+        trial.set_user_attr("git_commit", commit)
+        workdir = Path(tempfile.mkdtemp(prefix="mainrun-trial-"))
+        log_path = workdir / f"trial-{trial.number}.jsonl"
+        last = {}
+
+        def on_eval(index: int, step: int, val_loss: float) -> bool:
+            trial.report(val_loss, index)
+            last.update(index=index, step=step, val_loss=val_loss)
+            return trial.should_prune()
+
+        try:
+            result = train(cfg, data, device=ctx.device, on_eval=on_eval, log_path=log_path,
+                           progress=False, echo=None)
+        except torch.OutOfMemoryError as e:
+            reason = "CUDA out of memory: " + str(e).splitlines()[0]
+            trial.set_user_attr("fail_reason", reason)
+            raise TrialFailed(reason) from None
+        except ScoringError as e:
+            trial.set_user_attr("fail_reason", str(e))
+            raise TrialFailed(str(e)) from None
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+        finally:
+            gc.collect()
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            _upload(store, trial, workdir, cfg, log_path)
+        trial.set_user_attr("n_params", result.n_params)
+        trial.set_user_attr("prep_seconds", round(result.prep_seconds, 3))
+        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+        trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
+        trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
+        trial.set_user_attr("device", f"{result.device} ({result.precision})")
+        trial.set_user_attr("steps", result.steps)
+        if result.diverged:
+            trial.set_user_attr("prune_reason", f"diverged: {result.diverged}")
+            raise optuna.TrialPruned(result.diverged)
+        if result.stopped_early:
+            reason = f"pruned at evaluation {last['index']} (step {last['step']}), val_loss {last['val_loss']:.4f}"
+            trial.set_user_attr("prune_reason", reason)
+            raise optuna.TrialPruned(reason)
+        return result.val_loss
+
+    return objective
+
+
+def _upload(store, trial: optuna.Trial, workdir: Path, cfg: RunConfig, log_path: Path) -> None:
+    """The run config and the JSONL log as trial artifacts (shown by optuna-dashboard)."""
+    config_path = workdir / f"trial-{trial.number}-config.yaml"
+    cfg.to_yaml(config_path, header=f"mainrun run config of trial {trial.number}")
+    try:
+        for path, mimetype in ((config_path, "application/yaml"), (log_path, "application/jsonl")):
+            if path.exists():
+                optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
+                                                 study_or_trial=trial, mimetype=mimetype)
+    finally:
+        import shutil
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+# ---------------------------------------------------------------------- workers
+class Admission:
+    """Decides, one worker at a time on this machine, whether another trial is needed.
+    The lock is held from the check until the new trial exists (the objective releases
+    it), so two workers never both take the last slot. Across machines the check is
+    still made, but unlocked (see README)."""
+
+    def __init__(self, storage_url: str, study_name: str, trials: int):
+        from filelock import FileLock
+        digest = hashlib.sha256(f"{storage_url}\0{study_name}".encode()).hexdigest()[:16]
+        self.lock = FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{digest}.lock"))
+        self.trials = trials
+
+    def needed(self, study: optuna.Study) -> bool:
+        """Acquire, then check. True: keep the lock (released when the trial starts)."""
+        self.lock.acquire()
+        counts = tally(study)
+        # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
+        # trial a worker asks for *is* the oldest waiting one.
+        in_hand = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING))
+        if in_hand < self.trials:
+            return True
+        self.lock.release()
+        return False
+
+    def release(self) -> None:
+        if self.lock.is_locked:
+            self.lock.release(force=True)
+
+
+def _raise_interrupt(signum, _frame):
+    # Record the first signal only: a second one (Ctrl-C reaches the parent and the workers)
+    # must not interrupt the worker while it records the running trial as failed.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def run_worker(ctx: WorkerContext) -> int:
+    """One worker: run trials until the study holds `ctx.trials` finished ones.
+    Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ctx.threads:
+        import torch
+        torch.set_num_threads(ctx.threads)
+    space = load_space(ctx.space_path)
+    base = RunConfig.from_dict(ctx.base)
+    data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
+    storage = open_storage(ctx.storage)
+    study = optuna.load_study(study_name=ctx.study_name, storage=storage)
+    _set_policy(study, space, None if ctx.seed is None else ctx.seed + ctx.worker)
+    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials)
+    objective = make_objective(space, base, data, ctx, admission)
+    failures = 0
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal failures
+        failures = failures + 1 if trial.state == TrialState.FAIL else 0
+        print_trial_line(study, trial, ctx)
+        if failures >= MAX_CONSECUTIVE_FAILURES:
+            print(f"[w{ctx.worker}] stopping: {failures} trials in a row failed", flush=True)
+            study.stop()
+        elif not admission.needed(study):
+            study.stop()
+
+    try:
+        if admission.needed(study):
+            study.optimize(objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        print(f"[w{ctx.worker}] interrupted ({name}); the running trial is recorded as failed", flush=True)
+        return 143 if name == "SIGTERM" else 130
+    finally:
+        admission.release()
+    return 0
+
+
+def _worker_process(ctx: WorkerContext) -> None:
+    sys.exit(run_worker(ctx))
+
+
+# ---------------------------------------------------------------------- terminal output
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return str(value)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m" if seconds >= 3600 else \
+        f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+def print_trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, ctx: WorkerContext) -> None:
+    counts = tally(study)
+    finished = counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+    try:
+        best = study.best_trial
+        best_txt = f"best {best.value:.4f} (#{best.number})"
+    except ValueError:
+        best_txt = "best -"
+    elapsed = time.time() - ctx.start_time
+    done_here = max(finished - ctx.finished_at_start, 0)
+    eta = _duration(elapsed / done_here * max(ctx.trials - finished, 0)) if done_here else "-"
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"val_loss {trial.value:.4f} complete"
+    elif trial.state == TrialState.PRUNED:
+        last = trial.intermediate_values.get(max(trial.intermediate_values), float("nan")) \
+            if trial.intermediate_values else float("nan")
+        outcome = f"val_loss {last:.4f} pruned at eval {trial.last_step}"
+    else:
+        outcome = f"FAILED ({trial.user_attrs.get('fail_reason', 'see log')})"
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    print(f"[w{ctx.worker}] trial {trial.number:>3} | {outcome} | {best_txt} | {finished}/{ctx.trials} finished | "
+          f"{_duration(elapsed)} elapsed, ETA {eta} | {params}", flush=True)
+
+
+def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: int = 5) -> None:
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))]
+    done.sort(key=lambda t: t.value)
+    print(f"\nstudy '{study.study_name}': {_summary(tally(study))}")
+    if done:
+        print(f"{'trial':>5}  {'val_loss':>8}  {'train s':>7}  params")
+        for t in done[:top]:
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+            print(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  {params}")
+    storage_flag = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact(storage_url)}'"
+    print("\nnext:")
+    print(f"  {dashboard_command(storage_url, artifacts)}")
+    print(f"  mainrun-export --study {study.study_name}{storage_flag} --out best.yaml && "
+          "mainrun-train --config best.yaml")
+
+
+# ---------------------------------------------------------------------- the search
+@dataclass
+class SearchOptions:
+    space: str
+    trials: int = 40
+    storage: StorageSettings = None  # type: ignore[assignment]
+    study: str | None = None
+    dataset: str | None = None
+    device: str = "auto"
+    jobs: int = 1
+    gpus: list[int] | None = None
+    jobs_per_gpu: int = 1
+    seed: int | None = None
+    new_study: bool = False
+    cache_dir: str | None = None
+    artifacts: str | None = None
+
+
+def run_search(opts: SearchOptions) -> int:
+    """Prepare the data once, open the study, run workers until it holds `opts.trials`
+    finished trials. Returns the process exit code."""
+    import torch
+
+    space = load_space(opts.space)                                  # validated before anything exists
+    base = RunConfig.from_dict({"dataset": opts.dataset} if opts.dataset else {}, base=RunConfig.from_dict(space.fixed))
+    gpu = bool(opts.gpus) or opts.device.startswith("cuda") or (opts.device == "auto" and torch.cuda.is_available())
+    if not gpu and not space.cpu_ok:
+        print("!" * 78 + "\n! WARNING: no GPU found. Each trial is a full seven-epoch run; on the CPU a search\n"
+              "! of this space takes days. Use a machine with a GPU, or search_spaces/smoke.yaml to try it.\n"
+              + "!" * 78, flush=True)
+    data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
+    storage = open_storage(opts.storage)
+    name = opts.study or Path(opts.space).stem
+    study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
+    artifacts = artifact_dir(opts.storage.url, opts.artifacts)
+    artifacts.mkdir(parents=True, exist_ok=True)
+    print(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}", flush=True)
+
+    devices = _worker_devices(opts)
+    start, finished_at_start = time.time(), _finished(study)
+    threads = max(1, (os.cpu_count() or 1) // len(devices)) if not gpu else None
+    contexts = [WorkerContext(space_path=opts.space, base=base.to_dict(), storage=opts.storage,
+                              study_name=study.study_name, trials=opts.trials, device=dev,
+                              cache_dir=opts.cache_dir, artifacts=str(artifacts), seed=opts.seed, worker=i,
+                              start_time=start, finished_at_start=finished_at_start, threads=threads)
+                for i, dev in enumerate(devices)]
+    code = _run_rounds(study, contexts, opts.trials)
+    print_summary(study, opts.storage.url, artifacts)
+    return code
+
+
+def _worker_devices(opts: SearchOptions) -> list[str]:
+    if opts.gpus:
+        return [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
+    return [opts.device] * max(1, opts.jobs)
+
+
+def _finished(study: optuna.Study) -> int:
+    counts = tally(study)
+    return counts[TrialState.COMPLETE] + counts[TrialState.PRUNED]
+
+
+def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int) -> int:
+    """Run the workers; if they stop short (a worker died, a trial failed), fail stale
+    trials once their heartbeat grace has passed and run another round."""
+    while _finished(study) < trials:
+        before = _finished(study)
+        codes = _run_workers(contexts)
+        if any(c in (130, 143) for c in codes):
+            return 143 if 143 in codes else 130
+        if _finished(study) >= trials:
+            break
+        running = tally(study)[TrialState.RUNNING]
+        if running:
+            print(f"search: waiting for {running} running trial(s) (another machine, or a dead worker whose "
+                  "heartbeat has not yet expired)", flush=True)
+            if not _wait_for_running(study, contexts[0].storage):
+                continue
+        elif _finished(study) == before:
+            print(f"search: no trial finished in the last round (exit codes {codes}); giving up", flush=True)
+            return 1
+    return 0
+
+
+def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
+    deadline = time.time() + settings.heartbeat_grace * 3
+    while time.time() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        if tally(study)[TrialState.RUNNING] == 0:
+            return True
+        time.sleep(min(5.0, settings.heartbeat_interval))
+    return False
+
+
+def _run_workers(contexts: list[WorkerContext]) -> list[int]:
+    if len(contexts) == 1:
+        return [run_worker(contexts[0])]
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=_worker_process, args=(ctx,), name=f"mainrun-w{ctx.worker}") for ctx in contexts]
+    for p in procs:
+        p.start()
+
+    def forward(signum, _frame):
+        for p in procs:
+            if p.is_alive():
+                os.kill(p.pid, signum)
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        for p in procs:
+            while p.is_alive():
+                p.join(timeout=0.5)
+    except KeyboardInterrupt:                 # let the workers record their running trials as failed
+        forward(signal.SIGINT, None)
+        for p in procs:
+            p.join(timeout=30)
+        return [130]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    codes = [p.exitcode if p.exitcode is not None else 1 for p in procs]
+    return [143 if c == -signal.SIGTERM else c for c in codes]
+
+
+# ---------------------------------------------------------------------- export
+def export_trial(storage_url: str, study_name: str, out: str, trial_number: int | None = None) -> tuple[int, float]:
+    storage = open_storage(StorageSettings(url=storage_url))
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+        raise SearchError(f"no study '{study_name}' in {redact(storage_url)} (studies: {', '.join(names) or 'none'})") from None
+    if trial_number is None:
+        try:
+            trial = study.best_trial
+        except ValueError:
+            raise SearchError(f"study '{study_name}' has no complete trial yet") from None
+    else:
+        matches = [t for t in study.get_trials(deepcopy=False) if t.number == trial_number]
+        if not matches:
+            raise SearchError(f"study '{study_name}' has no trial {trial_number}")
+        trial = matches[0]
+    if "config" not in trial.user_attrs:
+        raise SearchError(f"trial {trial.number} has no recorded config (state {trial.state.name})")
+    cfg = RunConfig.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}")
+    value = trial.value if trial.value is not None else float("nan")
+    header = (f"mainrun run config exported from study '{study_name}', trial {trial.number} "
+              f"({trial.state.name.lower()}, val_loss {value:.6f})\n"
+              f"exported {time.strftime('%Y-%m-%d %H:%M:%S')} by mainrun {version()}\n"
+              f"reproduce: mainrun-train --config {Path(out).name}")
+    cfg.to_yaml(out, header=header)
+    return trial.number, value
+
+
+__all__ = ["ConfigError", "SearchError", "SearchOptions", "StorageSettings", "export_trial", "run_search"]

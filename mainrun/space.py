@@ -1,0 +1,493 @@
+"""YAML search spaces: which run-config fields a study samples, how, and the study policy.
+
+A space file (see search_spaces/arch.yaml for a commented example):
+
+    description: free text
+    cpu_ok: false              # true: no warning when run without a GPU (smoke spaces)
+    sampler: {name: tpe, ...}  # tpe (default), random, cmaes, gp, grid; other keys go to the optuna class
+    pruner: {name: median, ...}  # median (default), percentile, successive_halving, hyperband, none
+    fixed: {precision: bf16}   # run-config fields set for every trial
+    params:                    # sampled in file order
+      lr: {low: 1.0e-4, high: 1.0e-2, log: true}          # float range (log scale)
+      n_layer: {low: 4, high: 10}                         # int range (the field's type decides)
+      warmup_steps: {low: 0, high: 400, step: 50}         # stepped range
+      optimizer: {choices: [sgd, adamw]}                  # categorical
+      d_model: {values: [256, 384, 512, 768]}             # ordered numeric choices
+      momentum: {low: 0.5, high: 0.99, when: {optimizer: sgd}}   # conditional: only when active
+      head_dim: {values: [32, 64, 128]}                   # coupling: n_head = d_model // head_dim
+    enqueue: [baseline, report-000, {optimizer: adamw, lr: 1.0e-3}]   # tried first
+
+The whole file is validated before anything starts; every problem is a `SpaceError`
+naming the file and the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import itertools
+import json
+import math
+import random
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, load_yaml_file
+
+VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
+NOT_SEARCHABLE = set(MAINRUN_FIXED) | {"dataset", "mainrun_rules"}
+TOP_KEYS = {"description", "cpu_ok", "sampler", "pruner", "fixed", "params", "enqueue"}
+PARAM_KEYS = {"low", "high", "log", "step", "choices", "values", "when"}
+MAX_VALIDATION_COMBOS = 4000
+
+SAMPLERS = {
+    "tpe": (optuna.samplers.TPESampler, {"multivariate": True, "constant_liar": True}),
+    "random": (optuna.samplers.RandomSampler, {}),
+    "cmaes": (optuna.samplers.CmaEsSampler, {}),
+    "gp": (optuna.samplers.GPSampler, {}),
+    "grid": (optuna.samplers.GridSampler, {}),
+}
+# Pruner steps are evaluation indices (0 = step 1, then three per epoch): the same
+# progress points for every trial whatever its batch size. Warm-up 3 = the first epoch.
+PRUNERS = {
+    "median": (optuna.pruners.MedianPruner, {"n_startup_trials": 5, "n_warmup_steps": 3}),
+    "percentile": (optuna.pruners.PercentilePruner, {"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": 3}),
+    "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 3}),
+    "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 3}),
+    "none": (optuna.pruners.NopPruner, {}),
+}
+
+
+class SpaceError(ConfigError):
+    """The search-space file is invalid. The message names the file and the key."""
+
+
+@dataclass
+class Param:
+    name: str
+    kind: type                     # int, float, bool or str
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    choices: list | None = None    # categorical
+    values: list | None = None     # ordered numeric choices
+    when: dict[str, list] = field(default_factory=dict)
+
+    @property
+    def optuna_name(self) -> str:
+        # ordered choices that are not evenly spaced are sampled as an index, kept in order
+        return f"{self.name}_index" if self.values is not None and not self._evenly_spaced() else self.name
+
+    def _evenly_spaced(self) -> bool:
+        v = self.values or []
+        return len(v) >= 2 and all(math.isclose(b - a, v[1] - v[0]) for a, b in zip(v, v[1:])) and v[1] > v[0]
+
+    def active(self, values: dict[str, Any]) -> bool:
+        return all(values.get(k) in allowed for k, allowed in self.when.items())
+
+    def suggest(self, trial: optuna.Trial) -> Any:
+        if self.choices is not None:
+            return trial.suggest_categorical(self.name, self.choices)
+        if self.values is not None:
+            if self._evenly_spaced():
+                lo, hi, st = self.values[0], self.values[-1], self.values[1] - self.values[0]
+                if self.kind is int:
+                    return trial.suggest_int(self.name, lo, hi, step=st)
+                return trial.suggest_float(self.name, lo, hi, step=st)
+            return self.values[trial.suggest_int(self.optuna_name, 0, len(self.values) - 1)]
+        if self.kind is int:
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
+        return trial.suggest_float(self.name, self.low, self.high, step=self.step, log=self.log)
+
+    def to_optuna_value(self, value: Any) -> Any:
+        """The value as the optuna param stores it (for enqueue_trial)."""
+        return self.values.index(value) if self.optuna_name != self.name else value
+
+    def contains(self, value: Any) -> bool:
+        if self.choices is not None:
+            return value in self.choices
+        if self.values is not None:
+            return value in self.values
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+
+    def corners(self) -> list:
+        """Extreme values, used to check up front that every sampled config can run."""
+        if self.choices is not None:
+            return list(self.choices)
+        if self.values is not None:
+            return list(self.values)
+        return [self.kind(self.low), self.kind(self.high)]
+
+    def grid(self) -> list | None:
+        if self.choices is not None or self.values is not None:
+            return [self.to_optuna_value(v) for v in (self.choices or self.values)]
+        if self.step is not None:
+            n = int(round((self.high - self.low) / self.step))
+            return [self.kind(self.low + i * self.step) for i in range(n + 1)]
+        return None
+
+    def spec(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k != "kind" and v not in (None, False, {})} | \
+            {"kind": self.kind.__name__}
+
+
+@dataclass
+class SearchSpace:
+    path: str
+    params: list[Param]
+    fixed: dict[str, Any]
+    sampler: dict[str, Any]
+    pruner: dict[str, Any]
+    enqueue: list[tuple[str, dict[str, Any]]]      # (label, optuna params)
+    description: str = ""
+    cpu_ok: bool = False
+    text: str = ""
+
+    # ---------------------------------------------------------------- sampling
+    def suggest(self, trial: optuna.Trial, base: RunConfig) -> RunConfig:
+        """Sample this trial's config. Inactive conditional params are not sampled at all."""
+        values: dict[str, Any] = {**base.to_dict(), **self.fixed}
+        for p in self.params:
+            if p.active(values):
+                values[p.name] = p.suggest(trial)
+        return self._to_config(values, base)
+
+    def _to_config(self, values: dict[str, Any], base: RunConfig) -> RunConfig:
+        values = dict(values)
+        head_dim = values.pop("head_dim", None)
+        if head_dim is not None:
+            values["n_head"] = values["d_model"] // head_dim
+        return RunConfig.from_dict(values, base=base, source=self.path)
+
+    # ---------------------------------------------------------------- study policy
+    def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
+        name = self.sampler["name"]
+        cls, defaults = SAMPLERS[name]
+        options = {**defaults, **{k: v for k, v in self.sampler.items() if k != "name"}}
+        if name == "grid":
+            options["search_space"] = self.grid_space()
+        if "seed" in inspect.signature(cls).parameters and seed is not None:
+            options["seed"] = seed
+        return cls(**options)
+
+    def make_pruner(self) -> optuna.pruners.BasePruner:
+        cls, defaults = PRUNERS[self.pruner["name"]]
+        return cls(**{**defaults, **{k: v for k, v in self.pruner.items() if k != "name"}})
+
+    def grid_space(self) -> dict[str, list]:
+        grid = {}
+        for p in self.params:
+            values = p.grid()
+            if values is None or p.when:
+                raise SpaceError(f"{self.path}: key 'params.{p.name}': the grid sampler needs every parameter "
+                                 "to be choices, values or a stepped range, with no 'when'")
+            grid[p.optuna_name] = values
+        return grid
+
+    @property
+    def sha256(self) -> str:
+        """Identity of the space's meaning (comments and formatting do not count)."""
+        canon = {"params": [p.spec() for p in self.params], "fixed": self.fixed, "sampler": self.sampler,
+                 "pruner": self.pruner}
+        return hashlib.sha256(json.dumps(canon, sort_keys=True, default=str).encode()).hexdigest()
+
+
+# ---------------------------------------------------------------------- parsing
+def load_space(path: str | Path) -> SearchSpace:
+    data = load_yaml_file(path)
+    text = Path(path).read_text(encoding="utf-8")
+    return parse_space(data, str(path), text)
+
+
+def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:
+    def err(key: str, message: str) -> SpaceError:
+        return SpaceError(f"{source}: key '{key}': {message}")
+
+    if not isinstance(data, dict):
+        raise SpaceError(f"{source}: the top level must be a mapping with 'params' (and optionally "
+                         f"{', '.join(sorted(TOP_KEYS - {'params'}))}); got {type(data).__name__}")
+    for key in data:
+        if key not in TOP_KEYS:
+            raise err(str(key), f"unknown top-level key; expected one of {', '.join(sorted(TOP_KEYS))}")
+    description = data.get("description", "")
+    if not isinstance(description, str):
+        raise err("description", "must be text")
+    cpu_ok = data.get("cpu_ok", False)
+    if not isinstance(cpu_ok, bool):
+        raise err("cpu_ok", "must be true or false")
+
+    fixed = data.get("fixed") or {}
+    if not isinstance(fixed, dict):
+        raise err("fixed", "must be a mapping of run-config fields")
+    if "dataset" in fixed:
+        raise err("fixed.dataset", "the dataset is chosen on the command line (--dataset), not in a space")
+    try:
+        base = RunConfig.from_dict(fixed, source=f"{source}: fixed")
+    except ConfigError as e:
+        raise SpaceError(str(e)) from None
+
+    raw_params = data.get("params")
+    if not isinstance(raw_params, dict) or not raw_params:
+        raise err("params", "must be a non-empty mapping of run-config fields to sample")
+    hints = typing.get_type_hints(RunConfig)
+    config_fields = {f.name for f in fields(RunConfig)}
+    params: list[Param] = []
+    for name, spec in raw_params.items():
+        params.append(_parse_param(str(name), spec, hints, config_fields, fixed, params, err))
+    _check_coupling(params, err)
+
+    sampler = _parse_policy(data.get("sampler"), "sampler", SAMPLERS, "tpe", err)
+    pruner = _parse_policy(data.get("pruner"), "pruner", PRUNERS, "median", err)
+    space = SearchSpace(path=source, params=params, fixed=fixed, sampler=sampler, pruner=pruner, enqueue=[],
+                        description=description, cpu_ok=cpu_ok, text=text)
+    if sampler["name"] == "grid":
+        space.grid_space()
+    _check_all_runnable(space, base, err)
+    space.enqueue = _parse_enqueue(data.get("enqueue"), space, base, err)
+    return space
+
+
+def _number(value: Any, key: str, err) -> float:
+    if isinstance(value, bool):
+        raise err(key, f"must be a number; got {value!r}")
+    if isinstance(value, (int, float)):
+        number = value
+    elif isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            raise err(key, f"must be a number; got {value!r}") from None
+    else:
+        raise err(key, f"must be a number; got {value!r}")
+    if not math.isfinite(number):
+        raise err(key, f"must be a finite number; got {value!r}")
+    return number
+
+
+def _parse_param(name, spec, hints, config_fields, fixed, earlier, err) -> Param:
+    key = f"params.{name}"
+    if name in NOT_SEARCHABLE:
+        raise err(key, "is fixed by the Mainrun rules (or by the command line) and cannot be searched")
+    if name not in config_fields and name not in VIRTUAL:
+        import difflib
+        close = difflib.get_close_matches(name, sorted(config_fields | set(VIRTUAL)), n=1)
+        raise err(key, "is not a run-config field" + (f" (did you mean '{close[0]}'?)" if close else ""))
+    if name == "n_head" and any(p.name == "head_dim" for p in earlier):
+        raise err(key, "n_head is derived from head_dim; sample one of them, not both")
+    if name in fixed:
+        raise err(key, "is also in 'fixed'; a field is either fixed or sampled")
+    if any(p.name == name for p in earlier):
+        raise err(key, "is sampled twice")
+    if not isinstance(spec, dict):
+        raise err(key, "must be a mapping such as {low: 1, high: 8}, {choices: [a, b]} or {values: [1, 2, 4]}")
+    unknown = set(spec) - PARAM_KEYS
+    if unknown:
+        raise err(f"{key}.{sorted(map(str, unknown))[0]}", f"unknown key; expected some of {', '.join(sorted(PARAM_KEYS))}")
+    kind = VIRTUAL.get(name) or hints[name]
+    param = Param(name=name, kind=kind)
+
+    kinds = [k for k in ("choices", "values", "low") if k in spec]
+    if "high" in spec and "low" not in spec:
+        raise err(key, "has 'high' but no 'low'")
+    if len(kinds) != 1:
+        raise err(key, "needs exactly one of: low/high (a range), choices (categorical), values (ordered numbers)")
+    if "choices" in spec or "values" in spec:
+        which = "choices" if "choices" in spec else "values"
+        options = spec[which]
+        if not isinstance(options, list) or not options:
+            raise err(f"{key}.{which}", "must be a non-empty list")
+        for extra in ("log", "step", "high"):
+            if extra in spec:
+                raise err(f"{key}.{extra}", f"does not go with '{which}'")
+        checked = [_field_value(name, kind, v, f"{key}.{which}", err) for v in options]
+        if len(set(map(repr, checked))) != len(checked):
+            raise err(f"{key}.{which}", "has duplicate entries")
+        if which == "values":
+            if kind not in (int, float):
+                raise err(f"{key}.values", "ordered values are for numeric fields; use 'choices'")
+            if checked != sorted(checked):
+                raise err(f"{key}.values", "must be in increasing order")
+            param.values = checked
+        else:
+            param.choices = checked
+    else:
+        if kind not in (int, float):
+            raise err(key, f"a range needs a numeric field; '{name}' is {kind.__name__}, use 'choices'")
+        if "high" not in spec:
+            raise err(key, "has 'low' but no 'high'")
+        low, high = _number(spec["low"], f"{key}.low", err), _number(spec["high"], f"{key}.high", err)
+        if kind is int and not (float(low).is_integer() and float(high).is_integer()):
+            raise err(key, f"'{name}' is an integer field; low and high must be integers")
+        if low >= high:
+            raise err(key, f"low ({low}) must be less than high ({high})")
+        log = spec.get("log", False)
+        if not isinstance(log, bool):
+            raise err(f"{key}.log", "must be true or false")
+        if log and low <= 0:
+            raise err(key, f"a log range needs low > 0; got low = {low}")
+        step = spec.get("step")
+        if step is not None:
+            step = _number(step, f"{key}.step", err)
+            if step <= 0:
+                raise err(f"{key}.step", "must be > 0")
+            if log:
+                raise err(f"{key}.step", "does not go with log: true")
+            if kind is int and not float(step).is_integer():
+                raise err(f"{key}.step", "must be an integer for an integer field")
+        param.low, param.high, param.log = kind(low), kind(high), log
+        param.step = kind(step) if step is not None else None
+        # the values must be valid for the field, at both ends
+        _field_value(name, kind, param.low, f"{key}.low", err)
+        _field_value(name, kind, param.high, f"{key}.high", err)
+
+    when = spec.get("when", {})
+    if not isinstance(when, dict) or ("when" in spec and not when):
+        raise err(f"{key}.when", "must be a mapping such as {optimizer: sgd}")
+    by_name = {p.name: p for p in earlier}
+    for cond, allowed in when.items():
+        allowed = allowed if isinstance(allowed, list) else [allowed]
+        if cond in by_name:
+            options = by_name[cond].choices or by_name[cond].values
+            if options is None:
+                raise err(f"{key}.when.{cond}", f"'{cond}' is a range; conditions need a choices/values parameter")
+            missing = [v for v in allowed if v not in options]
+            if missing:
+                raise err(f"{key}.when.{cond}", f"{missing[0]!r} is not one of {cond}'s choices {options}")
+        elif cond in fixed or cond in config_fields:
+            raise err(f"{key}.when.{cond}", f"'{cond}' is not sampled before '{name}'; "
+                      "a condition must name a parameter listed earlier in 'params'")
+        else:
+            raise err(f"{key}.when.{cond}", f"'{cond}' is not a parameter of this space")
+        param.when[str(cond)] = allowed
+    return param
+
+
+def _field_value(name: str, kind: type, value: Any, key: str, err) -> Any:
+    """Check one candidate value against the run-config field (type and allowed range)."""
+    if kind in (int, float):
+        number = _number(value, key, err)
+        if kind is int and not float(number).is_integer():
+            raise err(key, f"{value!r} is not an integer")
+        value = kind(number)
+    if name in VIRTUAL:
+        if value <= 0:
+            raise err(key, f"must be positive; got {value}")
+        return value
+    try:
+        RunConfig.from_dict({name: value}, source="")
+    except ConfigError as e:
+        # a value may be invalid alone but valid with other fields (nesterov + momentum);
+        # only refuse errors about this key itself
+        if f"'{name}'" in str(e) and "divisible" not in str(e):
+            raise err(key, f"{value!r} is not a valid value ({str(e).split(': ', 2)[-1]})") from None
+    return value
+
+
+def _check_coupling(params: list[Param], err) -> None:
+    names = {p.name: p for p in params}
+    if ("d_model" in names or "head_dim" in names or "n_head" in names) and \
+            any(names[n].choices is None and names[n].values is None and names[n].step is None
+                for n in ("d_model", "head_dim", "n_head") if n in names):
+        raise err("params.d_model", "d_model, n_head and head_dim must be choices, values or stepped ranges, "
+                  "so that d_model % n_head == 0 can be guaranteed before any trial runs")
+
+
+def _check_all_runnable(space: SearchSpace, base: RunConfig, err) -> None:
+    """Build the configs at the corners of the space (every choice, both ends of every range)
+    and refuse the file if any of them cannot run. Large spaces are checked on a random,
+    seeded subset of the corners."""
+    corners = [p.corners() for p in space.params]
+    total = math.prod(len(c) for c in corners)
+    combos: typing.Iterable = itertools.product(*corners)
+    if total > MAX_VALIDATION_COMBOS:
+        rng = random.Random(0)
+        combos = ([rng.choice(c) for c in corners] for _ in range(MAX_VALIDATION_COMBOS))
+    for combo in combos:
+        values: dict[str, Any] = {**base.to_dict(), **space.fixed}
+        for p, v in zip(space.params, combo):
+            if p.active(values):
+                values[p.name] = v
+        if "head_dim" in values and values["d_model"] % values["head_dim"]:
+            raise err("params.head_dim", f"d_model = {values['d_model']} is not a multiple of "
+                      f"head_dim = {values['head_dim']}; choose values so that every pair divides")
+        try:
+            space._to_config(values, base)
+        except ConfigError as e:
+            sampled = {p.name: values[p.name] for p in space.params if p.active(values) and p.name in values}
+            raise err("params", f"this combination cannot run: {sampled} -> {str(e).split(': ', 1)[-1]}") from None
+
+
+def _parse_policy(raw: Any, key: str, table: dict, default: str, err) -> dict[str, Any]:
+    if raw is None:
+        return {"name": default}
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    if not isinstance(raw, dict):
+        raise err(key, f"must be a name ({', '.join(table)}) or a mapping with 'name' and options")
+    name = raw.get("name", default)
+    if name not in table:
+        raise err(f"{key}.name", f"unknown {key} {name!r}; known: {', '.join(table)}")
+    cls, _ = table[name]
+    accepted = set(inspect.signature(cls).parameters) - {"seed", "search_space"}
+    for option in raw:
+        if option != "name" and option not in accepted:
+            raise err(f"{key}.{option}", f"not an option of optuna's {cls.__name__} "
+                      f"(options: {', '.join(sorted(accepted)) or 'none'})")
+    try:
+        cls(**{k: v for k, v in raw.items() if k != "name"}, **({"search_space": {"x": [0]}} if name == "grid" else {}))
+    except Exception as e:  # optuna validates its own options; pass its sentence on
+        raise err(key, f"optuna's {cls.__name__} refused these options: {e}") from None
+    return {"name": name, **{k: v for k, v in raw.items() if k != "name"}}
+
+
+def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[tuple[str, dict[str, Any]]]:
+    """Each entry is a preset name or a mapping of param values (a preset may be named with
+    'preset:' and overridden). Every entry must be a point of this space, so the trial that
+    runs is exactly the one asked for."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise err("enqueue", "must be a list of preset names or mappings of parameter values")
+    entries = []
+    for i, item in enumerate(raw):
+        key = f"enqueue[{i}]"
+        if isinstance(item, str):
+            item = {"preset": item}
+        if not isinstance(item, dict):
+            raise err(key, "must be a preset name or a mapping of parameter values")
+        item = dict(item)
+        preset = item.pop("preset", None)
+        if preset is not None and preset not in PRESETS:
+            raise err(f"{key}.preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+        label = preset or f"enqueue[{i}]"
+        try:
+            wanted = RunConfig.from_dict({**space.fixed, **PRESETS.get(preset, {}),
+                                          **{k: v for k, v in item.items() if k not in VIRTUAL}},
+                                         base=base, source="").to_dict()
+        except ConfigError as e:
+            raise err(key, str(e).lstrip(": ")) from None
+        if "head_dim" in item:
+            wanted["n_head"] = wanted["d_model"] // int(item["head_dim"])
+        values: dict[str, Any] = {**base.to_dict(), **space.fixed}
+        optuna_params: dict[str, Any] = {}
+        for p in space.params:
+            if not p.active(values):
+                continue
+            value = wanted["d_model"] // wanted["n_head"] if p.name == "head_dim" else wanted[p.name]
+            if not p.contains(value):
+                raise err(key, f"{label} has {p.name} = {value!r}, which is outside this space's "
+                          f"'{p.name}' ({p.choices or p.values or [p.low, p.high]})")
+            values[p.name] = value
+            optuna_params[p.optuna_name] = p.to_optuna_value(value)
+        got = space._to_config(values, base).to_dict()
+        differ = {k: (wanted[k], got[k]) for k in wanted if wanted[k] != got[k]}
+        if differ:
+            k, (want, have) = next(iter(differ.items()))
+            raise err(key, f"{label} needs {k} = {want!r}, but this space fixes it at {have!r} "
+                      "(sample it, or drop the entry)")
+        entries.append((label, optuna_params))
+    return entries
