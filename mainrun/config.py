@@ -99,39 +99,14 @@ class RunConfig:
         self.validate()
 
     def validate(self) -> None:
-        hints = typing.get_type_hints(type(self))
         for f in fields(self):
-            value = getattr(self, f.name)
-            setattr(self, f.name, _coerce(f.name, value, hints[f.name]))
-        for name, allowed in CHOICES.items():
-            if getattr(self, name) not in allowed:
-                raise ConfigError(f"key '{name}': must be one of {', '.join(allowed)}; got {getattr(self, name)!r}")
-
-        positive = ("num_titles", "vocab_size", "block_size", "n_layer", "n_head", "d_model",
-                     "batch_size", "epochs", "evals_per_epoch", "eval_batch_size", "eval_block_size")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"key '{name}': must be a positive integer; got {getattr(self, name)}")
-        _check(self.lr > 0, "lr", f"must be > 0; got {self.lr}")
-        _check(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1); got {self.dropout}")
-        _check(0.0 < self.val_frac < 1.0, "val_frac", f"must be in (0, 1); got {self.val_frac}")
-        _check(self.weight_decay >= 0, "weight_decay", f"must be >= 0; got {self.weight_decay}")
-        _check(0.0 <= self.momentum < 1.0, "momentum", f"must be in [0, 1); got {self.momentum}")
+            setattr(self, f.name, check_field(f.name, getattr(self, f.name)))
+        # rules that involve several fields
         _check(not self.nesterov or self.momentum > 0, "nesterov", "needs momentum > 0")
-        _check(0.0 <= self.beta1 < 1.0, "beta1", f"must be in [0, 1); got {self.beta1}")
-        _check(0.0 <= self.beta2 < 1.0, "beta2", f"must be in [0, 1); got {self.beta2}")
-        _check(self.eps > 0, "eps", f"must be > 0; got {self.eps}")
-        _check(self.warmup_steps >= 0, "warmup_steps", f"must be >= 0; got {self.warmup_steps}")
-        _check(0.0 <= self.min_lr_frac <= 1.0, "min_lr_frac", f"must be in [0, 1]; got {self.min_lr_frac}")
-        _check(self.grad_clip >= 0, "grad_clip", f"must be >= 0 (0 disables); got {self.grad_clip}")
-        _check(self.mlp_ratio > 0, "mlp_ratio", f"must be > 0; got {self.mlp_ratio}")
-        _check(self.vocab_size >= 259, "vocab_size",
-               f"must be at least 259 (256 bytes + 3 special tokens); got {self.vocab_size}")
         _check(self.d_model % self.n_head == 0, "n_head",
                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         _check(self.pos_emb != "rope" or self.head_dim % 2 == 0, "pos_emb",
                f"rope needs an even head dimension; d_model/n_head = {self.head_dim}")
-        _check(bool(self.dataset.strip()), "dataset", "must not be empty")
         if self.mainrun_rules:
             baseline = RunConfig.__dataclass_fields__
             for name in MAINRUN_FIXED:
@@ -198,6 +173,39 @@ def _check(ok: bool, key: str, message: str) -> None:
         raise ConfigError(f"key '{key}': {message}")
 
 
+_POSITIVE = ("num_titles", "vocab_size", "block_size", "n_layer", "n_head", "d_model",
+             "batch_size", "epochs", "evals_per_epoch", "eval_batch_size", "eval_block_size")
+# Rules about one field alone: (test, what the value must be).
+_FIELD_RULES: dict[str, tuple[Any, str]] = {
+    **{name: (lambda v: v > 0, "a positive integer") for name in _POSITIVE},
+    "lr": (lambda v: v > 0, "> 0"),
+    "dropout": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "val_frac": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
+    "weight_decay": (lambda v: v >= 0, ">= 0"),
+    "momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "eps": (lambda v: v > 0, "> 0"),
+    "warmup_steps": (lambda v: v >= 0, ">= 0"),
+    "min_lr_frac": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
+    "mlp_ratio": (lambda v: v > 0, "> 0"),
+    "vocab_size": (lambda v: v >= 259, "at least 259 (256 bytes + 3 special tokens)"),
+    "dataset": (lambda v: bool(v.strip()), "a hub id or a path, not empty"),
+}
+
+
+def check_field(name: str, value: Any) -> Any:
+    """Coerce and check one field's value on its own (rules between fields are in validate())."""
+    value = _coerce(name, value, _FIELD_TYPES[name])
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ConfigError(f"key '{name}': must be one of {', '.join(CHOICES[name])}; got {value!r}")
+    if name in _FIELD_RULES:
+        test, must = _FIELD_RULES[name]
+        _check(test(value), name, f"must be {must}; got {value!r}")
+    return value
+
+
 def _did_you_mean(key: str, known: set[str]) -> str:
     import difflib
     close = difflib.get_close_matches(key, sorted(known), n=1)
@@ -235,6 +243,9 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 
 
 # ---------------------------------------------------------------------- safe YAML
+_FIELD_TYPES = typing.get_type_hints(RunConfig)
+
+
 class YamlError(ConfigError):
     """A YAML file could not be read or parsed safely."""
 

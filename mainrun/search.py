@@ -193,11 +193,8 @@ def _summary(counts: dict[TrialState, int]) -> str:
 
 # ---------------------------------------------------------------------- provenance
 def version() -> str:
-    from importlib.metadata import PackageNotFoundError, version as pkg_version
-    try:
-        return pkg_version("mainrun")
-    except PackageNotFoundError:
-        return "unknown"
+    from . import __version__
+    return __version__
 
 
 def git_commit() -> str:

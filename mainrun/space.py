@@ -35,7 +35,7 @@ from typing import Any
 
 import optuna
 
-from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, load_yaml_file
+from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, load_yaml_file
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
 NOT_SEARCHABLE = set(MAINRUN_FIXED) | {"dataset", "mainrun_rules"}
@@ -378,13 +378,9 @@ def _field_value(name: str, kind: type, value: Any, key: str, err) -> Any:
             raise err(key, f"must be positive; got {value}")
         return value
     try:
-        RunConfig.from_dict({name: value}, source="")
+        return check_field(name, value)
     except ConfigError as e:
-        # a value may be invalid alone but valid with other fields (nesterov + momentum);
-        # only refuse errors about this key itself
-        if f"'{name}'" in str(e) and "divisible" not in str(e):
-            raise err(key, f"{value!r} is not a valid value ({str(e).split(': ', 2)[-1]})") from None
-    return value
+        raise err(key, f"{value!r} is not a valid value ({str(e).split(': ', 1)[-1]})") from None
 
 
 def _check_coupling(params: list[Param], err) -> None:

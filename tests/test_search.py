@@ -1,0 +1,279 @@
+"""mainrun-search end to end on the CPU: real SQLite studies, real training runs, the real
+optuna-dashboard over HTTP, export -> train."""
+from __future__ import annotations
+
+import json
+import re
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from helpers import SPACES, cli, make_titles
+
+SMOKE = SPACES / "smoke.yaml"
+
+
+def search(tmp_path: Path, *args: str, space: Path = SMOKE, db: str = "x.db", timeout: int = 300):
+    argv = cli("mainrun-search", "--space", str(space), "--storage", f"sqlite:///{tmp_path / db}", *args)
+    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=timeout)
+
+
+def load(tmp_path: Path, study: str, db: str = "x.db") -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp_path / db}")
+
+
+def finished(study: optuna.Study) -> list:
+    return study.get_trials(states=(TrialState.COMPLETE, TrialState.PRUNED))
+
+
+def aggressive_space(tmp_path: Path) -> Path:
+    data = yaml.safe_load(SMOKE.read_text())
+    data["pruner"] = {"name": "percentile", "percentile": 10.0, "n_startup_trials": 1, "n_warmup_steps": 0}
+    path = tmp_path / "aggressive.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="module")
+def smoke_study(tmp_path_factory):
+    """One 6-trial search shared by the read-only checks below."""
+    tmp = tmp_path_factory.mktemp("study")
+    (tmp / "titles.txt").write_text("\n".join(make_titles(1500)) + "\n")
+    proc = search(tmp, "--trials", "6", "--dataset", str(tmp / "titles.txt"), "--study", "s", "--seed", "3",
+                  space=aggressive_space(tmp))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return tmp, proc
+
+
+def test_search_finishes_with_the_requested_trials_and_prunes(smoke_study):
+    tmp, proc = smoke_study
+    study = load(tmp, "s")
+    assert len(finished(study)) == 6
+    assert study.metric_names == ["val_loss"]
+    pruned = study.get_trials(states=(TrialState.PRUNED,))
+    assert pruned, "the aggressive pruner should prune at least one trial"
+    for t in pruned:
+        assert t.user_attrs["prune_reason"].startswith("pruned at evaluation")
+        assert max(t.intermediate_values) < 20                     # stopped before the last evaluation
+    complete = study.get_trials(states=(TrialState.COMPLETE,))
+    for t in complete:
+        # step 1, three per epoch for 7 epochs: every evaluation is reported
+        assert sorted(t.intermediate_values) == list(range(len(t.intermediate_values)))
+        assert len(t.intermediate_values) >= 20
+        assert t.value == t.intermediate_values[max(t.intermediate_values)]
+    assert "trial" in proc.stdout and "best" in proc.stdout and "ETA" in proc.stdout
+    assert "optuna-dashboard" in proc.stdout and "mainrun-export --study s" in proc.stdout
+
+
+def test_trials_record_params_attrs_and_artifacts(smoke_study):
+    tmp, _ = smoke_study
+    study = load(tmp, "s")
+    assert study.user_attrs["space_file"].endswith("aggressive.yaml")
+    assert study.user_attrs["dataset"].endswith("titles.txt")
+    assert len(study.user_attrs["titles_sha256"]) == 64
+    store = optuna.artifacts.FileSystemArtifactStore(str(tmp / "artifacts"))
+    for t in finished(study):
+        attrs = t.user_attrs
+        for key in ("n_params", "prep_seconds", "train_seconds", "tokens_per_second", "peak_memory_mb",
+                    "device", "mainrun_version", "git_commit", "config"):
+            assert key in attrs, key
+        assert attrs["device"].startswith("cpu")
+        assert set(t.params) <= {"optimizer", "lr", "momentum", "d_model", "head_dim", "mlp"}
+        metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
+        names = sorted(m.filename for m in metas)
+        assert names == [f"trial-{t.number}-config.yaml", f"trial-{t.number}.jsonl"]
+        log_meta = next(m for m in metas if m.filename.endswith(".jsonl"))
+        with store.open_reader(log_meta.artifact_id) as f:
+            events = [json.loads(line)["event"] for line in f.read().decode().splitlines()]
+        assert events[0] == "hyperparameters_configured" and "validation_step" in events
+
+
+def test_the_enqueued_trial_runs_first(smoke_study):
+    tmp, _ = smoke_study
+    first = load(tmp, "s").trials[0]
+    assert first.params == {"optimizer": "sgd", "lr": 6e-3, "momentum": 0.0, "d_model": 32, "head_dim": 16,
+                            "mlp": "gelu"}
+
+
+def test_export_then_train_reproduces_the_value_exactly(smoke_study, tmp_path):
+    tmp, _ = smoke_study
+    out = tmp_path / "best.yaml"
+    proc = subprocess.run(cli("mainrun-export", "--study", "s", "--storage", f"sqlite:///{tmp / 'x.db'}",
+                              "--out", str(out)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    best = load(tmp, "s").best_trial
+    header = out.read_text().splitlines()[0]
+    assert f"trial {best.number}" in header and "'s'" in header
+    exported = yaml.safe_load(out.read_text())
+    assert exported == best.user_attrs["config"]                 # every field
+    train = subprocess.run(cli("mainrun-train", "--config", str(out), "--no-progress", "--log", str(tmp_path / "l")),
+                           capture_output=True, text=True, timeout=300)
+    assert train.returncode == 0, train.stderr
+    value = float(re.search(r"^val_loss=(\S+)$", train.stdout, re.M).group(1))
+    assert value == pytest.approx(best.value, abs=1e-6)
+
+
+def test_export_errors_exit_2(smoke_study, tmp_path):
+    tmp, _ = smoke_study
+    for args in (["--study", "nope"], ["--study", "s", "--trial", "999"]):
+        proc = subprocess.run(cli("mainrun-export", *args, "--storage", f"sqlite:///{tmp / 'x.db'}",
+                                  "--out", str(tmp_path / "o.yaml")), capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert not (tmp_path / "o.yaml").exists()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get_json(url: str):
+    with urllib.request.urlopen(url, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def test_optuna_dashboard_serves_the_study(smoke_study):
+    tmp, _ = smoke_study
+    port = _free_port()
+    dash = subprocess.Popen(cli("optuna-dashboard", f"sqlite:///{tmp / 'x.db'}", "--host", "127.0.0.1",
+                                "--port", str(port), "--artifact-dir", str(tmp / "artifacts")),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.time() + 60
+        while True:
+            try:
+                studies = _get_json(f"{base}/api/studies")["study_summaries"]
+                break
+            except OSError:
+                assert time.time() < deadline and dash.poll() is None, "optuna-dashboard did not start"
+                time.sleep(0.5)
+        summary = next(s for s in studies if s["study_name"] == "s")
+        detail = _get_json(f"{base}/api/studies/{summary['study_id']}")
+        assert len(detail["trials"]) == 6
+        assert detail["has_intermediate_values"] is True
+        assert detail.get("objective_names") == ["val_loss"]
+        assert "mainrun-export --study s" in detail["note"]["body"]
+        states = {t["state"] for t in detail["trials"]}
+        assert "Complete" in states and "Pruned" in states
+        trial = next(t for t in detail["trials"] if t["state"] == "Complete")
+        assert len(trial["intermediate_values"]) >= 20
+        assert {a["filename"] for a in trial["artifacts"]} == {f"trial-{trial['number']}-config.yaml",
+                                                               f"trial-{trial['number']}.jsonl"}
+        artifact = trial["artifacts"][0]
+        with urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
+                                    f"{artifact['artifact_id']}", timeout=10) as r:
+            assert r.status == 200 and r.read()
+    finally:
+        dash.terminate()
+        dash.wait(timeout=30)
+
+
+def test_trials_is_a_total_and_a_rerun_resumes(tmp_path, titles_file):
+    args = ["--dataset", str(titles_file), "--study", "r"]
+    assert search(tmp_path, "--trials", "2", *args).returncode == 0
+    assert len(finished(load(tmp_path, "r"))) == 2
+    proc = search(tmp_path, "--trials", "3", *args)
+    assert proc.returncode == 0 and "resuming study 'r'" in proc.stdout
+    assert len(finished(load(tmp_path, "r"))) == 3                 # 3 in total, not 2 + 3
+    proc = search(tmp_path, "--trials", "3", *args)
+    assert proc.returncode == 0
+    assert len(load(tmp_path, "r").trials) == 3                   # nothing more to do
+    help_text = subprocess.run(cli("mainrun-search", "--help"), capture_output=True, text=True).stdout
+    assert "TOTAL" in help_text and "not 'N more'" in " ".join(help_text.split())
+
+
+def test_a_different_space_is_refused_unless_a_new_study_is_asked_for(tmp_path, titles_file):
+    args = ["--dataset", str(titles_file), "--study", "s", "--trials", "1"]
+    assert search(tmp_path, *args).returncode == 0
+    other = tmp_path / "other.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["params"]["lr"]["high"] = 0.05
+    other.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = search(tmp_path, *args, space=other)
+    assert proc.returncode == 2
+    assert "different search space" in proc.stderr and "--new-study" in proc.stderr
+    assert len(load(tmp_path, "s").trials) == 1                   # nothing was added
+    proc = search(tmp_path, *args, "--new-study", space=other)
+    assert proc.returncode == 0 and "'s-2'" in proc.stdout
+    assert len(finished(load(tmp_path, "s-2"))) == 1
+
+
+def test_a_diverging_trial_is_pruned_with_its_reason(tmp_path, titles_file):
+    space = tmp_path / "nan.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["fixed"].update({"optimizer": "sgd", "grad_clip": 0.0})
+    data["params"] = {"lr": {"low": 1.0e+30, "high": 1.0e+31, "log": True}}
+    data.pop("enqueue")
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = search(tmp_path, "--trials", "1", "--dataset", str(titles_file), "--study", "n", space=space)
+    assert proc.returncode == 0, proc.stderr
+    (trial,) = load(tmp_path, "n").trials
+    assert trial.state == TrialState.PRUNED
+    assert trial.user_attrs["prune_reason"].startswith("diverged:")
+    assert trial.user_attrs["steps"] < 50                          # stopped at once, not after 7 epochs
+
+
+def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, titles_file, monkeypatch, capsys):
+    """No GPU in CI, so the OOM itself is simulated: the first d_model=32 run raises CUDA's
+    OutOfMemoryError; everything else (storage, objective, workers) is real."""
+    import torch
+
+    import mainrun.train
+    from mainrun.search import SearchOptions, StorageSettings, run_search
+    real_train, calls = mainrun.train.train, []
+
+    def train_or_oom(cfg, *args, **kwargs):
+        calls.append(cfg)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(mainrun.train, "train", train_or_oom)
+    monkeypatch.chdir(tmp_path)
+    code = run_search(SearchOptions(space=str(SMOKE), trials=2, dataset=str(titles_file), study="o",
+                                    storage=StorageSettings(f"sqlite:///{tmp_path / 'o.db'}")))
+    assert code == 0
+    study = optuna.load_study(study_name="o", storage=f"sqlite:///{tmp_path / 'o.db'}")
+    failed = study.get_trials(states=(TrialState.FAIL,))
+    assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("CUDA out of memory")
+    assert len(finished(study)) == 2 and len(study.trials) == 3     # not retried: a new trial filled its place
+    assert "FAILED (CUDA out of memory" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- bad inputs: exit 2, nothing written
+def test_bad_datasets_exit_2_before_anything_is_written(tmp_path):
+    few = tmp_path / "few.txt"
+    few.write_text("\n".join(make_titles(50)) + "\n")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n".join(make_titles(1200)[:600] + ["   "] + make_titles(1200)[600:]) + "\n")
+    cases = {"missing.txt": "not found", str(few): "num_titles", str(empty): "empty"}
+    for dataset, words in cases.items():
+        proc = search(tmp_path, "--trials", "1", "--dataset", dataset, "--study", "d")
+        assert proc.returncode == 2, (dataset, proc.stderr)
+        assert words in proc.stderr and "Traceback" not in proc.stderr
+        assert not (tmp_path / "x.db").exists()
+
+
+def test_unreachable_storage_exits_2_without_echoing_the_password(tmp_path, titles_file):
+    url = "postgresql+psycopg://mainrun:s3cr3t-pw@127.0.0.1:9/nodb"
+    proc = subprocess.run(cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
+                              "--storage", url), capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "cannot open the study storage" in proc.stderr and "127.0.0.1" in proc.stderr
+    assert "s3cr3t-pw" not in proc.stdout + proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_a_gpu_space_without_a_gpu_warns_loudly(tmp_path):
+    proc = search(tmp_path, "--dataset", "missing.txt", space=SPACES / "arch.yaml")
+    assert "WARNING: no GPU found" in proc.stdout
+    assert proc.returncode == 2

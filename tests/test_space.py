@@ -1,0 +1,278 @@
+"""The YAML search-space format: parsing, every refusal, conditionals, couplings, enqueue."""
+from __future__ import annotations
+
+import subprocess
+
+import optuna
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from helpers import SPACES, cli
+from mainrun.config import RunConfig
+from mainrun.space import SpaceError, load_space, parse_space
+
+MINIMAL = {"params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
+
+
+def parse(doc: dict | str) -> object:
+    data = yaml.safe_load(doc) if isinstance(doc, str) else doc
+    return parse_space(data, "space.yaml")
+
+
+def sample(space, n: int = 30, seed: int = 0) -> list[tuple[dict, RunConfig]]:
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    out = []
+    for _ in range(n):
+        trial = study.ask()
+        cfg = space.suggest(trial, RunConfig())
+        out.append((dict(trial.params), cfg))
+        study.tell(trial, 1.0)
+    return out
+
+
+@pytest.mark.parametrize("name", ["arch", "optim", "smoke"])
+def test_shipped_spaces_parse_and_sample_runnable_configs(name):
+    space = load_space(SPACES / f"{name}.yaml")
+    for _params, cfg in sample(space, 40):
+        assert cfg.d_model % cfg.n_head == 0
+    assert space.sha256 == load_space(SPACES / f"{name}.yaml").sha256
+
+
+def test_arch_enqueues_baseline_and_both_reports():
+    space = load_space(SPACES / "arch.yaml")
+    assert [label for label, _ in space.enqueue] == ["baseline", "report-000", "report-003"]
+    study = optuna.create_study()
+    for _, params in space.enqueue:
+        study.enqueue_trial(params)
+    cfgs = []
+    for _ in space.enqueue:
+        trial = study.ask()
+        cfgs.append(space.suggest(trial, RunConfig()))
+        study.tell(trial, 1.0)
+    base, r000, r003 = cfgs
+    assert base == RunConfig()                                    # exactly the Mainrun baseline
+    assert (r000.optimizer, r000.lr, r000.beta2, r000.weight_decay, r000.warmup_steps) == ("adamw", 3e-4, 0.95, 0.1, 100)
+    assert (r003.d_model, r003.n_head, r003.n_layer, r003.mlp) == (1024, 16, 8, "swiglu")
+
+
+def test_conditional_params_are_sampled_only_when_active():
+    space = parse({"params": {
+        "optimizer": {"choices": ["sgd", "adamw"]},
+        "momentum": {"low": 0.0, "high": 0.9, "when": {"optimizer": "sgd"}},
+        "beta2": {"choices": [0.95, 0.999], "when": {"optimizer": "adamw"}},
+    }})
+    seen = set()
+    for params, cfg in sample(space, 40):
+        seen.add(params["optimizer"])
+        assert ("momentum" in params) == (params["optimizer"] == "sgd")
+        assert ("beta2" in params) == (params["optimizer"] == "adamw")
+        if params["optimizer"] == "adamw":
+            assert cfg.momentum == RunConfig().momentum            # inactive: the default stays
+    assert seen == {"sgd", "adamw"}
+
+
+def test_head_dim_coupling_gives_divisible_heads():
+    space = parse({"params": {"d_model": {"values": [256, 384, 512]}, "head_dim": {"values": [32, 64, 128]}}})
+    for params, cfg in sample(space, 40):
+        assert cfg.d_model % cfg.n_head == 0
+        assert cfg.head_dim in (32, 64, 128)
+        assert "head_dim_index" in params                          # 32/64/128 is ordered, not evenly spaced
+
+
+def test_ordered_values_keep_their_order_for_the_sampler():
+    space = parse({"params": {"d_model": {"values": [256, 384, 512]}, "beta2": {"values": [0.9, 0.99, 0.999]}}})
+    study = optuna.create_study()
+    trial = study.ask()
+    space.suggest(trial, RunConfig())
+    dists = trial.distributions
+    assert isinstance(dists["d_model"], optuna.distributions.IntDistribution)     # evenly spaced: native
+    assert dists["d_model"].step == 128
+    assert isinstance(dists["beta2_index"], optuna.distributions.IntDistribution)  # uneven: ordered index
+
+
+def test_fixed_values_apply_to_every_trial():
+    space = parse({"fixed": {"dropout": 0.0, "mlp": "swiglu"}, **MINIMAL})
+    assert all(cfg.dropout == 0.0 and cfg.mlp == "swiglu" for _, cfg in sample(space, 5))
+
+
+def test_sampler_and_pruner_options_reach_optuna():
+    space = parse({**MINIMAL, "sampler": {"name": "tpe", "n_startup_trials": 3},
+                   "pruner": {"name": "hyperband", "reduction_factor": 2}})
+    assert isinstance(space.make_sampler(seed=1), optuna.samplers.TPESampler)
+    assert isinstance(space.make_pruner(), optuna.pruners.HyperbandPruner)
+    assert isinstance(parse(MINIMAL).make_pruner(), optuna.pruners.MedianPruner)       # the default
+    grid = parse({"params": {"mlp": {"choices": ["gelu", "swiglu"]}, "n_layer": {"low": 2, "high": 4, "step": 2}},
+                  "sampler": "grid"})
+    assert grid.grid_space() == {"mlp": ["gelu", "swiglu"], "n_layer": [2, 4]}
+
+
+@pytest.mark.parametrize("doc, key, words", [
+    ({"params": {"lr": {"low": 1e-2, "high": 1e-4}}}, "params.lr", "less than"),
+    ({"params": {"lr": {"low": 0.0, "high": 1e-2, "log": True}}}, "params.lr", "low > 0"),
+    ({"params": {"mlp": {"choices": []}}}, "params.mlp.choices", "non-empty"),
+    ({"params": {"lernrate": {"low": 1, "high": 2}}}, "params.lernrate", "not a run-config field"),
+    ({"params": {"epochs": {"low": 1, "high": 9}}}, "params.epochs", "Mainrun rules"),
+    ({"params": {"seed": {"choices": [1, 2]}}}, "params.seed", "Mainrun rules"),
+    ({"fixed": {"epochs": 3}, **MINIMAL}, "epochs", "mainrun_rules"),
+    ({"params": {"n_layer": {"low": 1.5, "high": 4}}}, "params.n_layer", "integer"),
+    ({"params": {"lr": {"low": "fast", "high": 1}}}, "params.lr.low", "number"),
+    ({"params": {"lr": {"low": 1e-4}}}, "params.lr", "no 'high'"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2, "choices": [1]}}}, "params.lr", "exactly one"),
+    ({"params": {"mlp": {"choices": ["gelu", "mamba"]}}}, "params.mlp.choices", "not a valid value"),
+    ({"params": {"mlp": {"low": 1, "high": 2}}}, "params.mlp", "numeric"),
+    ({"params": {"d_model": {"values": [512, 256]}}}, "params.d_model.values", "increasing"),
+    ({"params": {"momentum": {"low": 0.0, "high": 0.9, "when": {"optimizer": "sgd"}}}}, "params.momentum.when.optimizer",
+     "not sampled before"),
+    ({"params": {"optimizer": {"choices": ["sgd"]}, "momentum": {"low": 0, "high": 0.5, "when": {"optimizer": "lion"}}}},
+     "params.momentum.when.optimizer", "not one of"),
+    ({"params": {"d_model": {"values": [256, 320]}, "head_dim": {"values": [64, 128]}}}, "params.head_dim",
+     "not a multiple"),
+    ({"params": {"d_model": {"low": 256, "high": 1024}, "n_head": {"choices": [4, 8]}}}, "params.d_model",
+     "stepped"),
+    ({"params": {"momentum": {"low": 0.0, "high": 0.9}, "nesterov": {"choices": [True, False]}}}, "params",
+     "cannot run"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "sampler": {"name": "annealing"}}, "sampler.name", "unknown"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "sampler": {"name": "tpe", "bogus": 1}}, "sampler.bogus",
+     "not an option"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "pruner": {"name": "median", "n_startup_trials": -1}}, "pruner",
+     "refused"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "enqueue": ["report-999"]}, "enqueue[0].preset", "unknown preset"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-3}}, "enqueue": ["baseline"]}, "enqueue[0]", "outside"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "enqueue": ["report-000"]}, "enqueue[0]", "fixes it"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "colour": "blue"}, "colour", "unknown top-level"),
+    ({"params": {}}, "params", "non-empty"),
+    ({"fixed": {"dataset": "x.txt"}, **MINIMAL}, "fixed.dataset", "command line"),
+    ([1, 2, 3], None, "top level must be a mapping"),
+])
+def test_every_refusal_names_the_file_and_key(doc, key, words):
+    with pytest.raises(SpaceError) as info:
+        parse(doc)
+    message = str(info.value)
+    assert message.startswith("space.yaml")
+    if key:
+        assert f"'{key}'" in message or key in message
+    assert words in message
+
+
+def test_grid_sampler_refuses_continuous_ranges():
+    with pytest.raises(SpaceError, match="grid sampler"):
+        parse({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "sampler": "grid"})
+
+
+def test_space_identity_ignores_comments_but_not_meaning(tmp_path):
+    a = tmp_path / "a.yaml"
+    a.write_text("# comment\nparams:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n")
+    b = tmp_path / "b.yaml"
+    b.write_text("params:\n  lr:\n    low: 0.0001\n    high: 0.01\n    log: true\n")
+    c = tmp_path / "c.yaml"
+    c.write_text("params:\n  lr: {low: 1.0e-4, high: 2.0e-2, log: true}\n")
+    assert load_space(a).sha256 == load_space(b).sha256 != load_space(c).sha256
+
+
+# ---------------------------------------------------------------------- bad files through the CLI
+BAD_FILES = {
+    "malformed": "params: {lr: [low: 1\n",
+    "tabs": "params:\n\tlr: {low: 1.0e-4, high: 1.0e-2}\n",
+    "duplicate_keys": "params:\n  lr: {low: 1.0e-4, high: 1.0e-2}\n  lr: {low: 1.0e-3, high: 1.0e-2}\n",
+    "billion_laughs": "a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                      "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+                      "params: *d\n",
+    "recursive_anchor": "params: &p {lr: *p}\n",
+    "python_tag": "params: !!python/object/apply:os.system ['touch pwned']\n",
+    "python_name": "params: {lr: !!python/name:os.system }\n",
+    "top_level_list": "- lr\n- dropout\n",
+    "top_level_scalar": "just words\n",
+    "empty": "",
+    "wrong_types": "params:\n  lr: {low: [1], high: 2}\n",
+    "low_ge_high": "params:\n  dropout: {low: 0.3, high: 0.1}\n",
+    "fixed_field": "params:\n  num_titles: {low: 1000, high: 2000}\n",
+    "binary": "\xff\xfe\x00garbage",
+}
+
+
+@pytest.mark.parametrize("name", sorted(BAD_FILES))
+def test_bad_space_files_exit_2_and_create_nothing(name, tmp_path, titles_file):
+    space = tmp_path / f"{name}.yaml"
+    content = BAD_FILES[name]
+    space.write_bytes(content.encode("latin-1") if name == "binary" else content.encode())
+    db = tmp_path / "never.db"
+    proc = subprocess.run(cli("mainrun-search", "--space", str(space), "--trials", "2", "--dataset", str(titles_file),
+                              "--storage", f"sqlite:///{db}"), capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert str(space) in proc.stderr and "error:" in proc.stderr
+    assert not db.exists()
+    assert not (tmp_path / "pwned").exists()
+
+
+@pytest.mark.parametrize("problem", ["missing", "directory", "unreadable"])
+def test_unreadable_or_missing_space_file_exits_2(problem, tmp_path):
+    import os
+    space = tmp_path / "space.yaml"
+    if problem == "directory":
+        space.mkdir()
+    elif problem == "unreadable":
+        space.write_text("params: {lr: {low: 1.0e-4, high: 1.0e-2}}\n")
+        space.chmod(0)
+        if os.access(space, os.R_OK):                        # root reads everything
+            pytest.skip("running as root: chmod 0 does not stop reads")
+    proc = subprocess.run(cli("mainrun-search", "--space", str(space), "--storage", f"sqlite:///{tmp_path}/x.db"),
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "space.yaml" in proc.stderr
+    assert not (tmp_path / "x.db").exists()
+
+
+# ---------------------------------------------------------------------- property: never a foreign exception
+yaml_scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=True),
+                         st.text(max_size=8), st.sampled_from(["sgd", "adamw", "gelu", "swiglu", "1e-3", "tpe"]))
+field_names = st.sampled_from(["lr", "dropout", "d_model", "n_head", "head_dim", "optimizer", "mlp", "momentum",
+                               "epochs", "bogus", "warmup_steps", "n_layer", "weight_decay", "nesterov"])
+param_keys = st.sampled_from(["low", "high", "log", "step", "choices", "values", "when", "type"])
+param_specs = st.one_of(
+    yaml_scalars,
+    st.dictionaries(param_keys, st.one_of(yaml_scalars, st.lists(yaml_scalars, max_size=4),
+                                          st.dictionaries(field_names, yaml_scalars, max_size=2)), max_size=4),
+)
+documents = st.one_of(
+    yaml_scalars,
+    st.lists(yaml_scalars, max_size=3),
+    st.fixed_dictionaries({}, optional={
+        "params": st.one_of(yaml_scalars, st.dictionaries(field_names, param_specs, max_size=4)),
+        "fixed": st.one_of(yaml_scalars, st.dictionaries(field_names, yaml_scalars, max_size=3)),
+        "sampler": st.one_of(st.sampled_from(["tpe", "random", "grid", "gp", "nope"]), yaml_scalars,
+                             st.dictionaries(st.sampled_from(["name", "seed", "n_startup_trials", "x"]), yaml_scalars,
+                                             max_size=2)),
+        "pruner": st.one_of(st.sampled_from(["median", "hyperband", "none", "nope"]), yaml_scalars),
+        "enqueue": st.one_of(yaml_scalars, st.lists(st.one_of(st.sampled_from(["baseline", "report-000"]),
+                                                              st.dictionaries(field_names, yaml_scalars, max_size=3)),
+                                                    max_size=2)),
+        "cpu_ok": yaml_scalars,
+        "description": yaml_scalars,
+    }),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(documents)
+def test_any_document_parses_or_raises_space_error(doc):
+    try:
+        space = parse_space(doc, "fuzz.yaml")
+    except SpaceError:
+        return
+    # whatever parsed must sample runnable configs
+    for _params, cfg in sample(space, 3):
+        assert isinstance(cfg, RunConfig)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(max_size=200))
+def test_any_text_parses_or_raises_space_error(text):
+    """YAML errors (YamlError) and space errors (SpaceError) are both the tool's ConfigError."""
+    from mainrun.config import ConfigError, parse_yaml_text
+    try:
+        parse_space(parse_yaml_text(text, "fuzz.yaml"), "fuzz.yaml")
+    except ConfigError:
+        pass
