@@ -41,16 +41,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mainrun.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", default="baseline:bf16,report-003:bf16",
-                        help="comma-separated PRESET:PRECISION (default: %(default)s)")
+                        help="comma-separated PRESET:PRECISION[:eager] (default: %(default)s); "
+                             "eager turns CUDA-graph capture off")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", help="write the rows here as JSON")
+    parser.add_argument("--profile", metavar="PRESET:PRECISION",
+                        help="instead: profile one epoch of this run (eager) and print the top CUDA kernels")
     args = parser.parse_args(argv)
+    if args.profile:
+        return profile(args.profile, args.dataset, args.device, args.cache_dir)
 
     rows = []
     for spec in args.runs.split(","):
-        preset, _, precision = spec.partition(":")
-        cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset, "precision": precision or "auto"})
+        preset, precision, mode = (spec.split(":") + ["", ""])[:3]
+        cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset, "precision": precision or "auto",
+                                   "cuda_graph": mode != "eager"})
         data = prepare_data(cfg, args.cache_dir)
         t0 = time.perf_counter()
         result = train(cfg, data, device=args.device, progress=False, echo=None)
@@ -76,6 +82,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+    return 0
+
+
+def profile(spec: str, dataset: str, device: str, cache_dir: str | None) -> int:
+    """One epoch under torch.profiler, CUDA graphs off so that each kernel is attributed."""
+    from torch.profiler import ProfilerActivity
+    preset, _, precision = spec.partition(":")
+    cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": dataset, "precision": precision or "auto",
+                               "cuda_graph": False, "mainrun_rules": False, "epochs": 1})
+    data = prepare_data(cfg, cache_dir)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        train(cfg, data, device=device, progress=False, echo=None)
+    sort = "cuda_time_total" if torch.cuda.is_available() else "cpu_time_total"
+    print(prof.key_averages().table(sort_by=sort, row_limit=25, max_name_column_width=60))
     return 0
 
 

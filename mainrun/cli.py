@@ -169,3 +169,27 @@ def export_main(argv: list[str] | None = None) -> int:
     print(f"exported trial {number} (val_loss {value:.6f}) to {args.out}")
     print(f"next: mainrun-train --config {args.out}")
     return 0
+
+
+# ---------------------------------------------------------------------- mainrun-report
+def report_main(argv: list[str] | None = None) -> int:
+    from .search import DEFAULT_STORAGE
+
+    parser = argparse.ArgumentParser(
+        prog="mainrun-report",
+        description="Write a self-contained HTML report of a study (history, intermediate curves, importances, "
+                    "parallel coordinates, best config, top trials, totals) plus PNG copies of its plots.")
+    parser.add_argument("--study", required=True)
+    parser.add_argument("--storage", default=DEFAULT_STORAGE, help="default: %(default)s")
+    parser.add_argument("--out", required=True, help="output folder: index.html and *.png")
+    parser.add_argument("--top", type=_positive, default=10, help="rows in the top-trials table (default: %(default)s)")
+    args = parser.parse_args(argv)
+
+    from .report import build_report
+    from .search import SearchError
+    try:
+        index = build_report(args.storage, args.study, args.out, top=args.top)
+    except (ConfigError, SearchError) as e:
+        _fail(str(e))
+    print(f"report: {index}")
+    return 0

@@ -87,6 +87,7 @@ class RunConfig:
     min_lr_frac: float = 0.0            # warmup_cosine / linear: final lr = lr * min_lr_frac
     grad_clip: float = 1.0              # 0 disables clipping
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
+    cuda_graph: bool = True             # CUDA + AdamW: capture the whole training step once and replay it
     # --- evaluation (Mainrun-fixed scoring geometry) ---
     evals_per_epoch: int = 3
     eval_batch_size: int = 64
@@ -225,9 +226,13 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
             return int(value)
     elif kind is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
+            try:
+                number = float(value)
+            except OverflowError:
+                number = math.inf
+            if not math.isfinite(number):
                 raise ConfigError(f"key '{name}': must be a finite number; got {value}")
-            return float(value)
+            return number
         if isinstance(value, str):
             try:
                 number = float(value)
@@ -289,7 +294,7 @@ def parse_yaml_text(text: str, source: str) -> Any:
         if mark is not None:
             where = f" (line {mark.line + 1}, column {mark.column + 1})"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        if "\t" in text and "tab" in str(e).lower():
+        if "'\\t'" in str(e):
             problem += "; YAML does not allow tabs for indentation"
         raise YamlError(f"{source}: not valid YAML{where}: {problem}") from None
     except RecursionError:

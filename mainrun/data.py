@@ -58,7 +58,9 @@ def open_dataset(source: str):
             raise DataError(f"dataset file is not readable: {path}")
         builder = LOCAL_FORMATS[path.suffix.lower()]
         try:
-            ds = datasets.load_dataset(builder, data_files=str(path), split="train")
+            # csv: a title such as "NA" or "None" is a title, not a missing value
+            options = {"keep_default_na": False} if builder == "csv" else {}
+            ds = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as e:  # the builders raise many kinds; the user needs the file and the reason
             raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from None
         if builder == "text":
@@ -191,28 +193,34 @@ def cache_key(titles_sha256: str, vocab_size: int) -> str:
 def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print) -> Data:
     """Titles -> tokenizer -> id streams, cached on disk by everything that affects them.
     Concurrent processes serialise on a file lock; the winner writes into a temporary
-    folder and renames it into place, so a reader never sees a half-written entry."""
+    folder and renames it into place, so a reader never sees a half-written entry.
+    A local file that has not changed (same path, size and mtime) is not even re-read."""
     from filelock import FileLock
 
     t0 = time.perf_counter()
-    train, val = load_titles(cfg.dataset, cfg.num_titles, cfg.seed, cfg.val_frac)
-    digest = titles_digest(train, val)
-    key = cache_key(digest, cfg.vocab_size)
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    entry = root / key
     root.mkdir(parents=True, exist_ok=True)
-    cached = (entry / "meta.json").is_file()
+    stamp = _source_stamp(cfg, root)
+    key = stamp.read_text().strip() if stamp is not None and stamp.is_file() else None
+    cached = key is not None and (root / key / "meta.json").is_file()
     if not cached:
-        with FileLock(str(root / f"{key}.lock")):
-            cached = (entry / "meta.json").is_file()
-            if not cached:
-                log(f"data: training a {cfg.vocab_size:,}-token BPE tokenizer on {len(train) + len(val):,} titles")
-                _build_entry(entry, train, val, cfg.vocab_size, digest)
+        train, val = load_titles(cfg.dataset, cfg.num_titles, cfg.seed, cfg.val_frac)
+        key = cache_key(titles_digest(train, val), cfg.vocab_size)
+        cached = (root / key / "meta.json").is_file()
+        if not cached:
+            with FileLock(str(root / f"{key}.lock")):
+                cached = (root / key / "meta.json").is_file()
+                if not cached:
+                    log(f"data: training a {cfg.vocab_size:,}-token BPE tokenizer on {len(train) + len(val):,} titles")
+                    _build_entry(root / key, train, val, cfg.vocab_size)
+        if stamp is not None:
+            _write_atomic(stamp, key)
+    entry = root / key
     meta = json.loads((entry / "meta.json").read_text())
     data = Data(
         train_ids=np.load(entry / "train_ids.npy"), val_ids=np.load(entry / "val_ids.npy"),
-        val_chars=meta["val_chars"], vocab_size=meta["vocab_size"],
-        n_train_titles=len(train), n_val_titles=len(val), key=key, titles_sha256=digest,
+        val_chars=meta["val_chars"], vocab_size=meta["vocab_size"], n_train_titles=meta["n_train_titles"],
+        n_val_titles=meta["n_val_titles"], key=key, titles_sha256=meta["titles_sha256"],
         tokenizer_path=entry / "tokenizer.json", prep_seconds=time.perf_counter() - t0, cached=cached)
     log(f"data: {data.n_train_titles:,} train / {data.n_val_titles:,} val titles, "
         f"{len(data.train_ids):,} / {len(data.val_ids):,} tokens, vocab {data.vocab_size:,} "
@@ -220,14 +228,32 @@ def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print)
     return data
 
 
-def _build_entry(entry: Path, train: list[str], val: list[str], vocab_size: int, digest: str) -> None:
+def _source_stamp(cfg: RunConfig, root: Path) -> Path | None:
+    """For a local file: where the cache key of (this exact file version, split, vocab) is kept."""
+    path = Path(cfg.dataset).expanduser()
+    if not path.is_file():
+        return None
+    st = path.stat()
+    spec = [CACHE_FORMAT, str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.num_titles, cfg.seed,
+            cfg.val_frac, cfg.vocab_size]
+    return root / "stamps" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _build_entry(entry: Path, train: list[str], val: list[str], vocab_size: int) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         tokenizer = train_tokenizer(train + val, vocab_size)
         tokenizer.save(str(tmp / "tokenizer.json"))
         np.save(tmp / "train_ids.npy", encode_titles(tokenizer, train))
         np.save(tmp / "val_ids.npy", encode_titles(tokenizer, val))
-        meta = {"titles_sha256": digest, "vocab_size": tokenizer.get_vocab_size(),
+        meta = {"titles_sha256": titles_digest(train, val), "vocab_size": tokenizer.get_vocab_size(),
                 "val_chars": len(join_titles(val)), "n_train_titles": len(train), "n_val_titles": len(val)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if entry.exists():                      # a stale, incomplete entry (no meta.json)

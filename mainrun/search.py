@@ -53,6 +53,11 @@ class TrialFailed(Exception):
     """The trial's own config failed (e.g. out of memory); recorded as FAIL, not retried."""
 
 
+class WorkerBroken(Exception):
+    """A CUDA error other than out-of-memory: the process's CUDA context may be unusable, so
+    the worker records the trial as failed and exits; the parent starts a fresh worker."""
+
+
 # ---------------------------------------------------------------------- storage
 def redact(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
@@ -70,38 +75,81 @@ class StorageSettings:
     heartbeat_grace: int = HEARTBEAT_GRACE
 
 
+def _parse_url(url: str):
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise SearchError(f"--storage {redact(url)}: not a SQLAlchemy URL (e.g. sqlite:///studies/mainrun.db "
+                          "or postgresql+psycopg://user@host/db)") from None
+
+
+def _engine_kwargs(parsed) -> dict[str, Any]:
+    # SQLite: writers wait up to 60 s for each other instead of failing "database is locked"
+    return {"connect_args": {"timeout": 60}} if parsed.get_backend_name() == "sqlite" else {"pool_pre_ping": True}
+
+
+def _storage_error(what: str, url: str, parsed, error: Exception) -> SearchError:
+    """A SearchError that says what failed and why, never with the password in it."""
+    root = _root_cause(error)
+    reason = (str(getattr(root, "orig", None) or root).strip().splitlines() or [""])[0]
+    if parsed.password:
+        reason = reason.replace(parsed.password, "***")
+    hint = " (is it an Optuna study database?)" if "no such table" in reason else ""
+    return SearchError(f"{what} {redact(url)}: {type(root).__name__}: {reason}{hint}")
+
+
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
-    from sqlalchemy.engine import make_url
-    from sqlalchemy.exc import ArgumentError
-
-    url = settings.url
-    try:
-        parsed = make_url(url)
-    except ArgumentError:
-        raise SearchError(f"--storage {redact(url)!s}: not a SQLAlchemy URL (e.g. sqlite:///studies/mainrun.db "
-                          "or postgresql+psycopg://user@host/db)") from None
-    engine_kwargs: dict[str, Any] = {}
-    if parsed.get_backend_name() == "sqlite":
-        if parsed.database and parsed.database != ":memory:":
-            db = Path(parsed.database)
-            db.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
-        engine_kwargs = {"connect_args": {"timeout": 60}}
-    else:
-        engine_kwargs = {"pool_pre_ping": True}
+    parsed = _parse_url(settings.url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        db = Path(parsed.database)
+        db.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
     try:
         return optuna.storages.RDBStorage(
-            url, engine_kwargs=engine_kwargs,
+            settings.url, engine_kwargs=_engine_kwargs(parsed),
             heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
             heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except Exception as e:  # driver errors vary; none of them may echo the password
-        reason = str(getattr(e, "orig", None) or e).splitlines()[0]
-        if parsed.password:
-            reason = reason.replace(parsed.password, "***")
-        raise SearchError(f"cannot open the study storage {redact(url)}: {type(e).__name__}: {reason}") from None
+    except Exception as e:  # driver errors vary
+        raise _storage_error("cannot open the study storage", settings.url, parsed, e) from None
+
+
+def open_study_readonly(storage_url: str, study_name: str) -> optuna.Study:
+    """Load an existing study without creating anything: a missing SQLite file, a database
+    without Optuna's tables or an unknown study name is a SearchError (exit 2), not a new,
+    empty study."""
+    parsed = _parse_url(storage_url)
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database or parsed.database == ":memory:":
+            raise SearchError(f"--storage {redact(storage_url)}: an in-memory database holds no study")
+        if not Path(parsed.database).is_file():
+            raise SearchError(f"no study database at {parsed.database} (--storage {redact(storage_url)})")
+    try:
+        storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=_engine_kwargs(parsed),
+                                             skip_table_creation=True)
+        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    except Exception as e:  # driver errors vary
+        raise _storage_error("cannot read studies from", storage_url, parsed, e) from None
+    if study_name not in names:
+        raise SearchError(f"no study '{study_name}' in {redact(storage_url)} "
+                          f"(studies: {', '.join(names) or 'none'})")
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=optuna.samplers.RandomSampler())
+
+
+def _root_cause(e: BaseException) -> BaseException:
+    """Optuna wraps driver errors (StorageInternalError); the first SQLAlchemy/driver error in
+    the chain says what is wrong."""
+    seen = []
+    while e is not None and e not in seen:
+        seen.append(e)
+        if hasattr(e, "orig"):
+            return e
+        e = e.__cause__ or e.__context__
+    return seen[-1]
 
 
 def artifact_dir(storage_url: str, override: str | None = None) -> Path:
@@ -240,6 +288,13 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
             trial.set_user_attr("fail_reason", str(e))
             raise TrialFailed(str(e)) from None
         trial.set_user_attr("config", cfg.to_dict())
+        twin = _finished_twin(trial)
+        if twin is not None:                     # a sampler can propose a finished point again
+            trial.set_user_attr("duplicate_of", twin.number)
+            if twin.state == TrialState.PRUNED:
+                trial.set_user_attr("prune_reason", f"same params as pruned trial {twin.number}")
+                raise optuna.TrialPruned(f"duplicate of trial {twin.number}")
+            return twin.value
         trial.set_user_attr("mainrun_version", version())
         trial.set_user_attr("git_commit", commit)
         workdir = Path(tempfile.mkdtemp(prefix="mainrun-trial-"))
@@ -261,6 +316,10 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         except ScoringError as e:
             trial.set_user_attr("fail_reason", str(e))
             raise TrialFailed(str(e)) from None
+        except torch.AcceleratorError as e:
+            reason = "CUDA error: " + str(e).splitlines()[0]
+            trial.set_user_attr("fail_reason", reason)
+            raise WorkerBroken(reason) from None
         except KeyboardInterrupt:
             trial.set_user_attr("fail_reason", "interrupted")
             raise
@@ -286,6 +345,15 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         return result.val_loss
 
     return objective
+
+
+def _finished_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+    """A finished trial with exactly these params: re-running it would spend a full run
+    on a known answer (Optuna's FAQ recipe for duplicate suggestions)."""
+    for other in trial.study.get_trials(deepcopy=False, states=FINISHED):
+        if other.params == trial.params and other.number != trial.number:
+            return other
+    return None
 
 
 def _upload(store, trial: optuna.Trial, workdir: Path, cfg: RunConfig, log_path: Path) -> None:
@@ -376,6 +444,9 @@ def run_worker(ctx: WorkerContext) -> int:
         name = str(e) or "SIGINT"
         print(f"[w{ctx.worker}] interrupted ({name}); the running trial is recorded as failed", flush=True)
         return 143 if name == "SIGTERM" else 130
+    except WorkerBroken as e:
+        print(f"[w{ctx.worker}] stopping after {e}; a fresh worker takes over", flush=True)
+        return 3
     finally:
         admission.release()
     return 0
@@ -476,7 +547,7 @@ def run_search(opts: SearchOptions) -> int:
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}", flush=True)
 
-    devices = _worker_devices(opts)
+    devices = _worker_devices(opts, gpu)
     start, finished_at_start = time.time(), _finished(study)
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if not gpu else None
     contexts = [WorkerContext(space_path=opts.space, base=base.to_dict(), storage=opts.storage,
@@ -489,10 +560,11 @@ def run_search(opts: SearchOptions) -> int:
     return code
 
 
-def _worker_devices(opts: SearchOptions) -> list[str]:
+def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
     if opts.gpus:
         return [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
-    return [opts.device] * max(1, opts.jobs)
+    device = ("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device
+    return [device] * max(1, opts.jobs)
 
 
 def _finished(study: optuna.Study) -> int:
@@ -533,7 +605,9 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
 
 
 def _run_workers(contexts: list[WorkerContext]) -> list[int]:
-    if len(contexts) == 1:
+    # One CPU worker runs in this process. GPU workers are always processes of their own, so
+    # that a CUDA error ends with its process and the next round starts on a clean context.
+    if len(contexts) == 1 and not contexts[0].device.startswith("cuda"):
         return [run_worker(contexts[0])]
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_worker_process, args=(ctx,), name=f"mainrun-w{ctx.worker}") for ctx in contexts]
@@ -562,12 +636,7 @@ def _run_workers(contexts: list[WorkerContext]) -> list[int]:
 
 # ---------------------------------------------------------------------- export
 def export_trial(storage_url: str, study_name: str, out: str, trial_number: int | None = None) -> tuple[int, float]:
-    storage = open_storage(StorageSettings(url=storage_url))
-    try:
-        study = optuna.load_study(study_name=study_name, storage=storage)
-    except KeyError:
-        names = [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
-        raise SearchError(f"no study '{study_name}' in {redact(storage_url)} (studies: {', '.join(names) or 'none'})") from None
+    study = open_study_readonly(storage_url, study_name)
     if trial_number is None:
         try:
             trial = study.best_trial

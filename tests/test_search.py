@@ -3,6 +3,7 @@ optuna-dashboard over HTTP, export -> train."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -22,7 +23,9 @@ SMOKE = SPACES / "smoke.yaml"
 
 def search(tmp_path: Path, *args: str, space: Path = SMOKE, db: str = "x.db", timeout: int = 300):
     argv = cli("mainrun-search", "--space", str(space), "--storage", f"sqlite:///{tmp_path / db}", *args)
-    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=timeout)
+    # explicit, because a module-scoped fixture runs before the autouse cache isolation
+    env = {**os.environ, "MAINRUN_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=timeout, env=env)
 
 
 def load(tmp_path: Path, study: str, db: str = "x.db") -> optuna.Study:
@@ -122,11 +125,15 @@ def test_export_then_train_reproduces_the_value_exactly(smoke_study, tmp_path):
 
 def test_export_errors_exit_2(smoke_study, tmp_path):
     tmp, _ = smoke_study
+    missing = tmp_path / "typo.db"
     for args in (["--study", "nope"], ["--study", "s", "--trial", "999"]):
         proc = subprocess.run(cli("mainrun-export", *args, "--storage", f"sqlite:///{tmp / 'x.db'}",
                                   "--out", str(tmp_path / "o.yaml")), capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert not (tmp_path / "o.yaml").exists()
+    proc = subprocess.run(cli("mainrun-export", "--study", "s", "--storage", f"sqlite:///{missing}",
+                              "--out", str(tmp_path / "o.yaml")), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "no study database" in proc.stderr
+    assert not missing.exists() and not (tmp_path / "o.yaml").exists()
 
 
 def _free_port() -> int:
@@ -210,7 +217,7 @@ def test_a_different_space_is_refused_unless_a_new_study_is_asked_for(tmp_path, 
 def test_a_diverging_trial_is_pruned_with_its_reason(tmp_path, titles_file):
     space = tmp_path / "nan.yaml"
     data = yaml.safe_load(SMOKE.read_text())
-    data["fixed"].update({"optimizer": "sgd", "grad_clip": 0.0})
+    data["fixed"].update({"optimizer": "sgd", "grad_clip": 0.0, "d_model": 32, "n_head": 2})
     data["params"] = {"lr": {"low": 1.0e+30, "high": 1.0e+31, "log": True}}
     data.pop("enqueue")
     space.write_text(yaml.safe_dump(data, sort_keys=False))
@@ -277,3 +284,26 @@ def test_a_gpu_space_without_a_gpu_warns_loudly(tmp_path):
     proc = search(tmp_path, "--dataset", "missing.txt", space=SPACES / "arch.yaml")
     assert "WARNING: no GPU found" in proc.stdout
     assert proc.returncode == 2
+
+
+def test_a_repeated_suggestion_reuses_the_finished_trial(tmp_path, titles_file):
+    """Two points only: from the third trial on, every suggestion repeats a finished one."""
+    space = tmp_path / "two.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["params"] = {"mlp": {"choices": ["gelu", "relu2"]}}
+    data["fixed"].update({"d_model": 32, "n_head": 2})
+    data.pop("enqueue")
+    data["pruner"] = "none"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = search(tmp_path, "--trials", "5", "--dataset", str(titles_file), "--study", "d", "--seed", "0",
+                  space=space)
+    assert proc.returncode == 0, proc.stderr
+    trials = finished(load(tmp_path, "d"))
+    assert len(trials) == 5
+    trained = [t for t in trials if "duplicate_of" not in t.user_attrs]
+    copies = [t for t in trials if "duplicate_of" in t.user_attrs]
+    assert len({t.params["mlp"] for t in trained}) == len(trained) <= 2
+    for t in copies:
+        original = next(o for o in trials if o.number == t.user_attrs["duplicate_of"])
+        assert t.params == original.params and t.value == original.value
+        assert "train_seconds" not in t.user_attrs                  # no run was spent on it

@@ -1,0 +1,503 @@
+"""The schedule, the evaluation geometry, evaluate() and the training loop."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+import subprocess
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from helpers import TINY, cli, make_titles
+from mainrun import train as train_mod
+from mainrun.config import RunConfig
+from mainrun.data import prepare_data
+from mainrun.model import GPT
+from mainrun.train import ScoringError, evaluate, eval_steps, lr_factor, steps_per_epoch, train
+
+V = 300
+
+
+def tiny(**changes) -> RunConfig:
+    return RunConfig.from_dict({**TINY, **changes})
+
+
+# ---------------------------------------------------------------------- lr_factor
+def test_cosine_schedule_values():
+    cfg = RunConfig()
+    assert lr_factor(cfg, 0, 1000) == 1.0
+    assert lr_factor(cfg, 500, 1000) == pytest.approx(0.5, abs=1e-12)
+    assert lr_factor(cfg, 250, 1000) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)), abs=1e-12)
+    assert lr_factor(cfg, 1000, 1000) == pytest.approx(0.0, abs=1e-12)
+    # cosine ignores warmup and the floor: it is the baseline's CosineAnnealingLR
+    assert lr_factor(cfg.replace(warmup_steps=10, min_lr_frac=0.5), 1000, 1000) == pytest.approx(0.0, abs=1e-12)
+
+
+@pytest.mark.parametrize("max_steps", [7, 224, 1000])
+def test_cosine_matches_torch_cosine_annealing(max_steps):
+    cfg = RunConfig()
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max_steps)
+    for step in range(max_steps):
+        assert opt.param_groups[0]["lr"] == pytest.approx(cfg.lr * lr_factor(cfg, step, max_steps),
+                                                          rel=1e-9, abs=1e-15), step
+        opt.step()
+        sched.step()
+
+
+@pytest.mark.parametrize("schedule", ["warmup_cosine", "linear"])
+def test_warmup_schedules(schedule):
+    cfg = RunConfig(schedule=schedule, warmup_steps=10, min_lr_frac=0.1)
+    total = 110                                        # 10 warmup + 100 decay
+    f = [lr_factor(cfg, s, total) for s in range(total + 1)]
+    assert f[0] == pytest.approx(0.1)                  # (0 + 1) / 10
+    assert f[4] == pytest.approx(0.5)
+    assert f[9] == pytest.approx(1.0)                  # end of warmup
+    assert f[10] == pytest.approx(1.0)                 # start of decay
+    assert f[60] == pytest.approx(0.1 + 0.9 * 0.5)     # midpoint of the decay, both shapes
+    assert f[110] == pytest.approx(0.1)                # the end: min_lr_frac
+    assert all(a < b for a, b in zip(f[:10], f[1:10]))                    # rising warmup
+    assert all(a >= b for a, b in zip(f[10:], f[11:]))                    # falling decay
+    quarter = 0.1 + 0.9 * (0.5 * (1 + math.cos(math.pi / 4)) if schedule == "warmup_cosine" else 0.75)
+    assert f[35] == pytest.approx(quarter)
+
+
+def test_warmup_without_floor_and_without_warmup():
+    assert lr_factor(RunConfig(schedule="linear"), 0, 100) == 1.0
+    assert lr_factor(RunConfig(schedule="linear"), 100, 100) == pytest.approx(0.0)
+    assert lr_factor(RunConfig(schedule="warmup_cosine", min_lr_frac=0.2), 100, 100) == pytest.approx(0.2)
+
+
+def test_warmup_longer_than_the_run_is_clamped():
+    cfg = RunConfig(schedule="warmup_cosine", warmup_steps=1000)
+    f = [lr_factor(cfg, s, 50) for s in range(50)]
+    assert all(0 < x <= 1.0 for x in f)
+    assert f[48] == pytest.approx(1.0)                 # warmup ends at the last step
+    assert lr_factor(cfg, 0, 1) == 1.0                 # a one-step run: no division by zero
+
+
+# ---------------------------------------------------------------------- evaluation steps
+def test_eval_steps_tiny():
+    cfg = tiny()
+    steps = eval_steps(cfg, 32)                         # interval 10, 224 steps
+    assert steps == [1] + list(range(10, 221, 10)) + [224]
+
+
+@pytest.mark.parametrize("batches", [3, 31, 100, 1000, 1407])
+def test_eval_steps_rule(batches):
+    cfg = RunConfig()
+    steps = eval_steps(cfg, batches)
+    interval, last = batches // 3, 7 * batches
+    expected = sorted({1, last} | set(range(interval, last + 1, interval)))
+    assert steps == expected
+    assert steps[0] == 1 and steps[-1] == last
+    assert all(a < b for a, b in zip(steps, steps[1:]))
+
+
+def test_eval_steps_with_fewer_batches_than_evals():
+    assert eval_steps(RunConfig(), 2) == list(range(1, 15))          # interval clamps to 1
+
+
+def test_steps_per_epoch():
+    cfg = tiny()                                        # 8 x 32 = 256 tokens per step
+    assert steps_per_epoch(cfg, 256 * 5) == 5
+    assert steps_per_epoch(cfg, 256 * 5 + 255) == 5
+
+
+# ---------------------------------------------------------------------- evaluate()
+def reference_loss(model, val_ids, rows, width, val_chars, chunk=None):
+    """Written out independently: windows of rows*width+1 ids, stepping by the window,
+    summed token cross-entropy (in float64), divided by the characters."""
+    chunk = chunk or width
+    span = rows * width + 1
+    total, windows = 0.0, 0
+    model.eval()
+    with torch.no_grad():
+        start = 0
+        while start + span <= len(val_ids):
+            window = val_ids[start:start + span]
+            x, y = window[:-1].reshape(rows, width), window[1:].reshape(rows, width)
+            for c in range(0, width, chunk):
+                logits, _ = model(x[:, c:c + chunk])
+                total += F.cross_entropy(logits.double().reshape(-1, logits.size(-1)),
+                                         y[:, c:c + chunk].reshape(-1), reduction="sum").item()
+            start += span
+            windows += 1
+    return total / val_chars, windows
+
+
+def small_model(cfg, seed=0):
+    torch.manual_seed(seed)
+    return GPT(cfg, V)
+
+
+@pytest.fixture
+def val_ids():
+    g = torch.Generator().manual_seed(1)
+    span = 4 * 32 + 1
+    return torch.randint(0, V, (5 * span + 17,), generator=g)       # 5 windows and a remainder
+
+
+def test_evaluate_matches_an_independent_computation(val_ids):
+    cfg = tiny()
+    model = small_model(cfg)
+    got = evaluate(model, val_ids, cfg, val_chars=12345)
+    want, windows = reference_loss(model, val_ids, 4, 32, 12345)
+    assert windows == 5
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_evaluate_of_a_uniform_model_is_ln_vocab_per_token(val_ids):
+    cfg = tiny(tie_embeddings=False)
+    model = small_model(cfg)
+    with torch.no_grad():
+        model.head.weight.zero_()                      # all logits 0: every token costs ln(V)
+    got = evaluate(model, val_ids, cfg, val_chars=1000)
+    assert got == pytest.approx(5 * 4 * 32 * math.log(V) / 1000, rel=1e-6)
+
+
+def test_evaluate_drops_the_remainder_and_reads_every_window(val_ids):
+    cfg = tiny()
+    model = small_model(cfg)
+    base = evaluate(model, val_ids, cfg, 1000)
+    tail = val_ids.clone()
+    tail[-17:] = (tail[-17:] + 1) % V                  # the remainder is not scored
+    assert evaluate(model, tail, cfg, 1000) == base
+    for pos in (5, 4 * 32 * 3 + 40):                   # a token inside window 0 and window 3
+        inside = val_ids.clone()
+        inside[pos] = (inside[pos] + 1) % V
+        assert evaluate(model, inside, cfg, 1000) != base
+
+
+def test_evaluate_restores_the_mode(val_ids):
+    cfg = tiny()
+    model = small_model(cfg)
+    model.train()
+    evaluate(model, val_ids, cfg, 1000)
+    assert model.training
+    model.eval()
+    evaluate(model, val_ids, cfg, 1000)
+    assert not model.training
+
+
+def test_evaluate_ignores_dropout(val_ids):
+    cfg = tiny(dropout=0.5)
+    model = small_model(cfg).train()
+    assert evaluate(model, val_ids, cfg, 1000) == evaluate(model, val_ids, cfg, 1000)
+
+
+def test_evaluate_is_independent_of_the_training_batch_size(val_ids):
+    a, b = tiny(batch_size=8), tiny(batch_size=32)
+    assert a.to_dict() | {"batch_size": 0} == b.to_dict() | {"batch_size": 0}
+    model = small_model(a)
+    assert evaluate(model, val_ids, a, 999) == evaluate(model, val_ids, b, 999)
+
+
+class Recorder(torch.nn.Module):
+    """The real model, with a record of the (inputs, targets) each call was given."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model, self.block_size, self.calls = model, model.block_size, []
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        self.calls.append((idx.clone(), None if targets is None else targets.clone()))
+        return self.model(idx, targets, reduction=reduction)
+
+
+def scored(recorder, rows, width):
+    """The targets of each window, reassembled from the chunks the model was called with."""
+    per_window, row = [], []
+    for x, y in recorder.calls:
+        assert x.shape == y.shape and x.size(0) == rows
+        row.append(y)
+        if sum(t.size(1) for t in row) == width:
+            per_window.append(torch.cat(row, dim=1))
+            row = []
+    assert not row
+    return per_window
+
+
+@pytest.mark.parametrize("block", [16, 12, 5])
+def test_a_shorter_context_model_scores_the_same_tokens(val_ids, block):
+    cfg = tiny()                                       # eval geometry 4 x 32
+    full = Recorder(small_model(cfg))
+    short = Recorder(small_model(tiny(block_size=block)))
+    evaluate(full, val_ids, cfg, 1000)
+    value = evaluate(short, val_ids, cfg, 1000)
+    assert all(x.size(1) <= block for x, _ in short.calls)
+    assert all(x.size(1) == 32 for x, _ in full.calls)
+    a, b = scored(full, 4, 32), scored(short, 4, 32)
+    assert len(a) == len(b) == 5
+    for wa, wb in zip(a, b):
+        assert torch.equal(wa, wb)
+    # and the inputs are the ids just before each target
+    span = 4 * 32 + 1
+    for w, window in enumerate(b):
+        assert torch.equal(window, val_ids[w * span + 1:(w + 1) * span].view(4, 32))
+    want, _ = reference_loss(short.model, val_ids, 4, 32, 1000, chunk=block)
+    assert value == pytest.approx(want, rel=1e-6)
+
+
+def test_short_validation_stream_is_a_scoring_error():
+    cfg = tiny()
+    model = small_model(cfg)
+    span = 4 * 32 + 1
+    with pytest.raises(ScoringError) as info:
+        evaluate(model, torch.zeros(span - 1, dtype=torch.long), cfg, 1000)
+    assert "128" in str(info.value) and "129" in str(info.value)
+    with pytest.raises(ScoringError):
+        evaluate(model, torch.zeros(0, dtype=torch.long), cfg, 1000)
+    value = evaluate(model, torch.zeros(span, dtype=torch.long), cfg, 1000)   # exactly one window
+    assert math.isfinite(value) and value > 0
+
+
+# ---------------------------------------------------------------------- train()
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """One prepared tiny corpus for the module (the HF cache isolated like conftest does)."""
+    base = tmp_path_factory.mktemp("train_data")
+    path = base / "titles.txt"
+    path.write_text("\n".join(make_titles(1500)) + "\n")
+    cfg = tiny(dataset=str(path))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HF_DATASETS_CACHE", str(base / "hf"))
+        mp.setenv("HF_HUB_OFFLINE", "1")
+        data = prepare_data(cfg, base / "cache", log=lambda _m: None)
+    return cfg, data
+
+
+@pytest.fixture(scope="module")
+def full_run(tiny_data, tmp_path_factory):
+    cfg, data = tiny_data
+    log = tmp_path_factory.mktemp("run") / "logs" / "run.jsonl"
+    seen = []
+    result = train(cfg, data, device="cpu", log_path=log, progress=False, echo=None,
+                   on_eval=lambda i, step, loss: seen.append((i, step, loss)))
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    return cfg, data, result, events, seen
+
+
+def test_full_run_result(full_run):
+    cfg, data, result, _, seen = full_run
+    batches = steps_per_epoch(cfg, len(data.train_ids))
+    assert batches == len(data.train_ids) // 256 > 3
+    assert result.max_steps == 7 * batches
+    assert result.steps == result.max_steps
+    assert not result.stopped_early and result.diverged is None
+    assert math.isfinite(result.val_loss) and result.val_loss > 0
+    assert [s for s, _ in result.curve] == eval_steps(cfg, batches)
+    assert result.val_loss == result.curve[-1][1]
+    assert all(math.isfinite(v) for _, v in result.curve)
+    assert result.curve[-1][1] < result.curve[0][1]          # it learned something
+    assert seen == [(i, s, v) for i, (s, v) in enumerate(result.curve)]
+    assert result.n_params == GPT(cfg, data.vocab_size).num_params()
+    assert (result.device, result.precision) == ("cpu", "fp32")
+    assert result.train_seconds > 0 and result.tokens_per_second > 0
+
+
+def test_full_run_log(full_run):
+    cfg, data, result, events, _ = full_run
+    kinds = [e["event"] for e in events]
+    assert all(isinstance(e["timestamp"], float) for e in events)
+    for needed in ("hyperparameters_configured", "dataset_info", "model_info", "training_step", "validation_step"):
+        assert needed in kinds, needed
+    assert kinds.index("hyperparameters_configured") < kinds.index("dataset_info") < kinds.index("model_info") \
+        < kinds.index("training_step")
+    hyper = next(e for e in events if e["event"] == "hyperparameters_configured")
+    assert {k: hyper[k] for k in cfg.to_dict()} == cfg.to_dict()
+    info = next(e for e in events if e["event"] == "dataset_info")
+    assert info["batches_per_epoch"] == result.max_steps // 7 and info["epochs"] == 7
+    assert info["titles_count"] == data.n_train_titles and info["vocab_size"] == data.vocab_size
+    assert next(e for e in events if e["event"] == "model_info")["parameters_count"] == result.n_params
+    train_steps = [e for e in events if e["event"] == "training_step"]
+    assert [e["step"] for e in train_steps] == list(range(1, result.max_steps + 1))      # one per step
+    assert all(math.isfinite(e["loss"]) and e["max_steps"] == result.max_steps for e in train_steps)
+    val = [(e["step"], e["loss"]) for e in events if e["event"] == "validation_step"]
+    assert val == result.curve
+
+
+def test_on_eval_true_stops_the_run(tiny_data, full_run):
+    cfg, data = tiny_data
+    calls = []
+
+    def on_eval(index, step, loss):
+        calls.append((index, step, loss))
+        return index == 2
+
+    result = train(cfg, data, device="cpu", on_eval=on_eval, progress=False, echo=None)
+    planned = eval_steps(cfg, steps_per_epoch(cfg, len(data.train_ids)))
+    assert result.stopped_early is True and result.diverged is None
+    assert result.steps == planned[2] < result.max_steps
+    assert [s for s, _ in result.curve] == planned[:3]
+    assert [c[1] for c in calls] == planned[:3] and [c[0] for c in calls] == [0, 1, 2]
+    assert result.val_loss == result.curve[-1][1] == calls[-1][2]
+    # same seed, same run: the values match the full run's first three evaluations exactly
+    assert result.curve == full_run[2].curve[:3]
+
+
+def test_huge_lr_diverges(tiny_data):
+    cfg, data = tiny_data
+    messages = []
+    result = train(cfg.replace(lr=1e30), data, device="cpu", progress=False, echo=messages.append)
+    assert result.diverged
+    assert math.isnan(result.val_loss)
+    assert result.steps < result.max_steps
+    assert not result.stopped_early
+    assert any("run stopped" in m for m in messages)
+
+
+def test_nan_training_loss_stops_the_run(tiny_data, monkeypatch):
+    """NaN in the training loss (not at an evaluation) is caught at the next read of the loss buffer."""
+    cfg, data = tiny_data
+
+    class NanAtStep5(GPT):
+        calls = 0
+
+        def forward(self, idx, targets=None, reduction="mean"):
+            logits, loss = super().forward(idx, targets, reduction)
+            if self.training:
+                NanAtStep5.calls += 1
+                if NanAtStep5.calls == 5:
+                    loss = loss * float("nan")
+            return logits, loss
+
+    monkeypatch.setattr(train_mod, "GPT", NanAtStep5)
+    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    planned = eval_steps(cfg, steps_per_epoch(cfg, len(data.train_ids)))
+    next_read = min(s for s in planned + [train_mod.FLUSH_EVERY] if s >= 5)
+    assert result.diverged and "training loss" in result.diverged
+    assert math.isnan(result.val_loss)
+    assert result.steps == next_read < result.max_steps      # stopped at the next read of the buffer
+    assert [s for s, _ in result.curve] == [s for s in planned if s < 5]   # no evaluation of a NaN model
+
+
+def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
+    """The lr of update k (0-based) is cfg.lr * lr_factor(cfg, k, max_steps): LambdaLR semantics."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(schedule="warmup_cosine", warmup_steps=5, min_lr_frac=0.1, batch_size=32, epochs=3,
+                      evals_per_epoch=1)
+    used = []
+    real = train_mod.make_optimizer
+
+    def recording(*args, **kwargs):
+        opt = real(*args, **kwargs)
+        opt.register_step_pre_hook(lambda o, _args, _kwargs: used.append(float(o.param_groups[0]["lr"])))
+        return opt
+
+    monkeypatch.setattr(train_mod, "make_optimizer", recording)
+    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    assert len(used) == result.max_steps == 3 * steps_per_epoch(cfg, len(data.train_ids))
+    assert used == pytest.approx([cfg.lr * lr_factor(cfg, s, result.max_steps) for s in range(result.max_steps)])
+
+
+def test_training_stream_shorter_than_a_batch(tiny_data):
+    cfg, data = tiny_data
+    with pytest.raises(ScoringError, match="fewer than one batch"):
+        train(cfg.replace(batch_size=10_000), data, device="cpu", progress=False, echo=None)
+
+
+def test_training_stream_of_exactly_one_batch_of_tokens(tiny_data):
+    """One batch needs batch*block + 1 ids (the targets are shifted by one). With one id more
+    the run works; with exactly batch*block ids it must be refused as a ScoringError, like a
+    shorter stream, not crash inside the loop."""
+    cfg, data = tiny_data
+    tokens = cfg.batch_size * cfg.block_size
+    enough = dataclasses.replace(data, train_ids=data.train_ids[:tokens + 1])
+    result = train(cfg, enough, device="cpu", progress=False, echo=None)
+    assert result.steps == result.max_steps == 7 and math.isfinite(result.val_loss)
+    exact = dataclasses.replace(data, train_ids=data.train_ids[:tokens])
+    with pytest.raises(ScoringError):
+        train(cfg, exact, device="cpu", progress=False, echo=None)
+
+
+def test_validation_stream_shorter_than_a_window(tiny_data):
+    cfg, data = tiny_data
+    with pytest.raises(ScoringError, match="scoring window"):
+        train(cfg.replace(eval_batch_size=1000), data, device="cpu", progress=False, echo=None)
+
+
+# ---------------------------------------------------------------------- the CLI
+def test_cli_end_to_end(tmp_path, titles_file):
+    config = tmp_path / "tiny.yaml"
+    RunConfig.from_dict(TINY).to_yaml(config)
+    log = tmp_path / "out" / "run.jsonl"
+    proc = subprocess.run(cli("mainrun-train", "--config", str(config), "--dataset", str(titles_file),
+                              "--no-progress", "--log", str(log)),
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = proc.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"val_loss=(\d+\.\d+)", last)
+    assert m, last
+    value = float(m.group(1))
+    assert math.isfinite(value) and value > 0
+    assert "not comparable" in proc.stdout.lower()
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    val = [e for e in events if e["event"] == "validation_step"]
+    assert round(val[-1]["loss"], 6) == value
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_diverged_run_exits_1(tmp_path, titles_file, capsys):
+    from mainrun.cli import train_main
+
+    config = tmp_path / "tiny.yaml"
+    RunConfig.from_dict(TINY).to_yaml(config)
+    code = train_main(["--config", str(config), "--dataset", str(titles_file), "--no-progress",
+                       "--log", str(tmp_path / "run.jsonl"), "--device", "cpu", "--set", "lr=1e30"])
+    assert code == 1
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "val_loss=nan"
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
+def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
+    """The fast path's step (static buffers, fused optimizer, lr in a device tensor, foreach
+    clipping; on CUDA it is what gets captured) against a plain eager loop written out here:
+    non-fused optimizer with a float lr driven by LambdaLR, clipping over model.parameters()."""
+    cfg = RunConfig.from_dict({**TINY, "dropout": 0.0, "optimizer": optimizer, "momentum": 0.9,
+                               "schedule": "warmup_cosine", "warmup_steps": 5, "lr": 3e-3})
+    _, data = tiny_data
+    ids = torch.as_tensor(data.train_ids, dtype=torch.long)
+    steps, tokens = 20, cfg.batch_size * cfg.block_size
+
+    def batches():
+        for s in range(steps):
+            chunk = ids[s * tokens:s * tokens + tokens + 1]
+            yield chunk[:-1].view(cfg.batch_size, cfg.block_size), chunk[1:].view(cfg.batch_size, cfg.block_size)
+
+    torch.manual_seed(0)
+    fast_model = GPT(cfg, data.vocab_size)
+    plain_model = GPT(cfg, data.vocab_size)
+    plain_model.load_state_dict(fast_model.state_dict())
+
+    opt = train_mod.make_optimizer(cfg, fast_model, torch.device("cpu"))
+    assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
+    step = train_mod.TrainStep(fast_model, opt, cfg, torch.device("cpu"), "fp32")
+    fast_losses = []
+    for i, (x, y) in enumerate(batches()):
+        train_mod.set_lr(opt, cfg.lr * lr_factor(cfg, i, steps))
+        fast_losses.append(step(x, y).item())
+
+    if optimizer == "adamw":
+        plain_opt = torch.optim.AdamW(plain_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                      eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False)
+    else:
+        plain_opt = torch.optim.SGD(plain_model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                    weight_decay=cfg.weight_decay, foreach=False)
+    sched = torch.optim.lr_scheduler.LambdaLR(plain_opt, lambda s: lr_factor(cfg, s, steps))
+    plain_losses = []
+    for x, y in batches():
+        _, loss = plain_model(x, y)
+        plain_opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(plain_model.parameters(), cfg.grad_clip)
+        plain_opt.step()
+        sched.step()
+        plain_losses.append(loss.item())
+
+    assert fast_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
+    for a, b in zip(fast_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
