@@ -283,6 +283,13 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
     def objective(trial: optuna.Trial) -> float:
         admission.release()                      # this trial now counts; the next worker may decide
         try:
+            return run_trial(trial)
+        except KeyboardInterrupt:                # wherever it lands, the record says why
+            trial.set_user_attr("fail_reason", "interrupted")
+            raise
+
+    def run_trial(trial: optuna.Trial) -> float:
+        try:
             cfg = space.suggest(trial, base)
         except ConfigError as e:                 # the space validation should make this impossible
             trial.set_user_attr("fail_reason", str(e))
@@ -320,9 +327,6 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
             reason = "CUDA error: " + str(e).splitlines()[0]
             trial.set_user_attr("fail_reason", reason)
             raise WorkerBroken(reason) from None
-        except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted")
-            raise
         finally:
             gc.collect()
             if torch.cuda.is_available():
@@ -408,11 +412,7 @@ def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
-def run_worker(ctx: WorkerContext) -> int:
-    """One worker: run trials until the study holds `ctx.trials` finished ones.
-    Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
+def _set_up_worker(ctx: WorkerContext, admission: Admission):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     if ctx.threads:
         import torch
@@ -420,24 +420,31 @@ def run_worker(ctx: WorkerContext) -> int:
     space = load_space(ctx.space_path)
     base = RunConfig.from_dict(ctx.base)
     data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
-    storage = open_storage(ctx.storage)
-    study = optuna.load_study(study_name=ctx.study_name, storage=storage)
+    study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
     _set_policy(study, space, None if ctx.seed is None else ctx.seed + ctx.worker)
+    return study, make_objective(space, base, data, ctx, admission)
+
+
+def run_worker(ctx: WorkerContext) -> int:
+    """One worker: run trials until the study holds `ctx.trials` finished ones.
+    Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, _raise_interrupt)
     admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials)
-    objective = make_objective(space, base, data, ctx, admission)
-    failures = 0
-
-    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        nonlocal failures
-        failures = failures + 1 if trial.state == TrialState.FAIL else 0
-        print_trial_line(study, trial, ctx)
-        if failures >= MAX_CONSECUTIVE_FAILURES:
-            print(f"[w{ctx.worker}] stopping: {failures} trials in a row failed", flush=True)
-            study.stop()
-        elif not admission.needed(study):
-            study.stop()
-
     try:
+        study, objective = _set_up_worker(ctx, admission)
+        failures = 0
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            nonlocal failures
+            failures = failures + 1 if trial.state == TrialState.FAIL else 0
+            print_trial_line(study, trial, ctx)
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                print(f"[w{ctx.worker}] stopping: {failures} trials in a row failed", flush=True)
+                study.stop()
+            elif not admission.needed(study):
+                study.stop()
+
         if admission.needed(study):
             study.optimize(objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
     except KeyboardInterrupt as e:
@@ -595,6 +602,12 @@ def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int)
 
 
 def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
+    """Wait until no trial is RUNNING, failing (and so retrying) those whose worker died.
+    A worker killed between creating a trial and its first heartbeat leaves a trial that
+    Optuna never considers stale; one heartbeat recorded here gives it a clock."""
+    storage = study._storage
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
     deadline = time.time() + settings.heartbeat_grace * 3
     while time.time() < deadline:
         optuna.storages.fail_stale_trials(study)

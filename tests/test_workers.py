@@ -1,0 +1,358 @@
+"""Real worker processes through the installed `mainrun-search` (no mocks): several workers on
+one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL,
+one retry), and Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded as FAIL, resume).
+
+Which trial a worker is training is read from the worker's open file descriptors: train()
+keeps the trial's JSONL log (`trial-<number>.jsonl`) open while it trains, so a signal sent
+right after seeing it lands inside the trial, not between two trials.
+"""
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from helpers import SPACES, cli, make_titles
+
+SMOKE = SPACES / "smoke.yaml"
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+STUDY = "w"
+START_TIMEOUT = 180          # seconds until a worker is inside a trial
+RUN_TIMEOUT = 300            # seconds for a whole search
+EXIT_AFTER_SIGNAL = 10       # seconds a search may take to stop after Ctrl-C / SIGTERM
+TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")
+
+
+# ---------------------------------------------------------------------- fixtures
+@pytest.fixture
+def titles(tmp_path) -> Path:
+    path = tmp_path / "titles.txt"
+    path.write_text("\n".join(make_titles(1500)) + "\n")
+    return path
+
+
+@pytest.fixture
+def quick_space(tmp_path) -> Path:
+    """The smoke space with four times fewer, larger batches and no pruner, for the tests that
+    interrupt a search: every trial trains to its end (a fraction of a second to a few seconds),
+    so 20 of them stay cheap, and no trial is pruned in the instant a signal is sent."""
+    spec = yaml.safe_load(SMOKE.read_text())
+    spec["fixed"]["batch_size"] = 32
+    spec["pruner"] = {"name": "none"}
+    path = tmp_path / "smoke-quick.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+@pytest.fixture
+def searches(tmp_path):
+    """Start `mainrun-search` processes; whatever is still running at teardown is killed,
+    with its workers (each search is its own process group)."""
+    started: list[Search] = []
+
+    def start(*args, **kw) -> Search:
+        s = Search(tmp_path, len(started), *args, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    for s in started:
+        s.kill()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def storage_url(request, tmp_path):
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'study.db'}"
+    return request.getfixturevalue("pg_url")
+
+
+# ---------------------------------------------------------------------- helpers
+class Search:
+    """One `mainrun-search` process, its output in a file (no pipe to fill up)."""
+
+    def __init__(self, tmp_path: Path, index: int, storage: str, titles: Path, trials: int,
+                 jobs: int = 1, space: Path = SMOKE, extra: tuple[str, ...] = ()):
+        self.storage = storage
+        self.argv = cli("mainrun-search", "--space", str(space), "--trials", str(trials), "--jobs", str(jobs),
+                        "--dataset", str(titles), "--storage", storage, "--study", STUDY, "--device", "cpu",
+                        "--artifacts", str(tmp_path / "artifacts"), *extra)
+        self.tmp = tmp_path / "tmp"                   # trial work folders and the admission lock
+        self.tmp.mkdir(exist_ok=True)
+        self.log = tmp_path / f"search-{index}.log"
+        self.cwd = tmp_path
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    def start(self) -> None:
+        # OpenMP threads that sleep instead of spinning: a single worker uses every core, and
+        # spinning threads slow it down many times over when anything else wants a core.
+        env = {**os.environ, "TMPDIR": str(self.tmp), "PYTHONUNBUFFERED": "1",
+               "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
+                                         stdin=subprocess.DEVNULL, start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            pytest.fail(f"mainrun-search did not finish within {timeout:.0f}s; output:\n{self.output()[-6000:]}")
+
+    def kill(self) -> None:
+        """SIGKILL the search and its workers (its process group), if anything is left."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self.proc.poll() is None:
+            self.proc.wait(timeout=30)
+
+    def check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            pytest.fail(f"mainrun-search exited early ({self.proc.returncode}); output:\n{self.output()[-6000:]}")
+
+
+def open_storage(url: str):
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+
+
+def trials_of(url: str) -> list:
+    storage = open_storage(url)
+    try:
+        return optuna.load_study(study_name=STUDY, storage=storage).get_trials(deepcopy=False)
+    finally:
+        storage.engine.dispose()
+
+
+def states(trials) -> dict[TrialState, int]:
+    counts = {s: 0 for s in TrialState}
+    for t in trials:
+        counts[t.state] += 1
+    return counts
+
+
+def describe(trials) -> str:
+    return "\n".join(f"  #{t.number} {t.state.name} {t.params} user={t.user_attrs.get('fail_reason', '')!r} "
+                     f"system={t.system_attrs}" for t in trials)
+
+
+def _processes(field: int, value: int) -> list[int]:
+    """Live processes whose /proc/<pid>/stat field (0 state, 1 ppid, 2 pgrp) is `value`
+    (no psutil, and procps may be missing on a bare machine)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[0] not in ("Z", "X") and int(fields[field]) == value:
+            found.append(int(stat.parent.name))
+    return sorted(found)
+
+
+def children(pid: int) -> list[int]:
+    return _processes(1, pid)
+
+
+def process_group(pgid: int) -> list[int]:
+    return _processes(2, pgid)
+
+
+def is_worker(pid: int) -> bool:
+    try:
+        return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()   # not the resource tracker
+    except OSError:
+        return False
+
+
+def training(pid: int) -> int | None:
+    """The number of the trial whose log the process has open, i.e. the trial it trains now."""
+    try:
+        fds = list(Path(f"/proc/{pid}/fd").iterdir())
+    except OSError:
+        return None
+    for fd in fds:
+        try:
+            match = TRIAL_LOG.search(os.readlink(fd))
+        except OSError:
+            continue
+        if match:
+            return int(match.group(1))
+    return None
+
+
+def wait_until_training(search: Search, min_trial: int = 0, workers: bool = False) -> tuple[int, int]:
+    """Wait until a process of `search` (the search itself, or one of its worker processes)
+    trains a trial numbered >= min_trial that the storage shows RUNNING. Returns (pid, trial).
+    The caller signals at once: the trial still has most of its training ahead."""
+    deadline = time.time() + START_TIMEOUT
+    storage = study = None
+    try:
+        while time.time() < deadline:
+            search.check_alive()
+            if study is None:
+                if "search: watch it live" in search.output():     # the CLI made the study
+                    storage = open_storage(search.storage)
+                    study = optuna.load_study(study_name=STUDY, storage=storage)
+            else:
+                running = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+                pids = [p for p in children(search.pid) if is_worker(p)] if workers else [search.pid]
+                for pid in pids:
+                    number = training(pid)
+                    if number is not None and number >= min_trial and number in running:
+                        return pid, number
+            time.sleep(0.05)
+    finally:
+        if storage is not None:
+            storage.engine.dispose()
+    search.kill()
+    pytest.fail(f"no trial >= {min_trial} was being trained within {START_TIMEOUT}s; output:\n"
+                f"{search.output()[-6000:]}")
+
+
+def assert_clean_output(out: str) -> None:
+    assert "database is locked" not in out.lower(), out[-6000:]
+    assert "Traceback" not in out, out[-6000:]
+
+
+# ---------------------------------------------------------------------- several workers
+def test_three_workers_share_one_study(storage_url, titles, searches):
+    url = storage_url
+    search = searches(url, titles, trials=6, jobs=3)
+    rc = search.wait(RUN_TIMEOUT)
+    out = search.output()
+    assert rc == 0, out[-6000:]
+    assert_clean_output(out)
+
+    trials = trials_of(url)
+    counts = states(trials)
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 6, describe(trials)
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0, describe(trials)
+    assert counts[TrialState.FAIL] == 0, describe(trials)
+    numbers = [t.number for t in trials]
+    assert len(set(numbers)) == len(numbers) == 6, describe(trials)
+    # the enqueued trial ran once; no two workers sampled (or took) the same point
+    enqueued = [t for t in trials if "enqueued_as" in t.user_attrs]
+    assert len(enqueued) == 1, describe(trials)
+    sampled = [tuple(sorted(t.params.items())) for t in trials if "enqueued_as" not in t.user_attrs]
+    assert len(set(sampled)) == len(sampled), describe(trials)
+    # three workers really ran
+    assert {m for m in re.findall(r"^\[w(\d)\] trial", out, re.M)} == {"0", "1", "2"}, out[-6000:]
+
+
+# ---------------------------------------------------------------------- a worker dies
+@pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")     # retried_trial_number
+def test_killed_worker_trial_is_failed_and_retried(storage_url, titles, quick_space, searches):
+    trials_wanted = 8
+    search = searches(storage_url, titles, trials=trials_wanted, jobs=2, space=quick_space,
+                      extra=("--heartbeat", "1", "--heartbeat-grace", "3"))
+    victim, killed = wait_until_training(search, workers=True)
+    os.kill(victim, signal.SIGKILL)
+
+    rc = search.wait(RUN_TIMEOUT)
+    out = search.output()
+    assert rc == 0, out[-6000:]
+    assert "database is locked" not in out.lower(), out[-6000:]
+
+    trials = trials_of(storage_url)
+    counts = states(trials)
+    by_number = {t.number: t for t in trials}
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == trials_wanted, describe(trials)
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0, describe(trials)
+    assert by_number[killed].state == TrialState.FAIL, describe(trials)
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [killed], describe(trials)
+    retries = [t for t in trials
+               if optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(t) == killed]
+    assert len(retries) == 1, describe(trials)
+    retry = retries[0]
+    assert retry.state in FINISHED, describe(trials)
+    assert retry.params == by_number[killed].params, describe(trials)
+
+
+# ---------------------------------------------------------------------- Ctrl-C / SIGTERM
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["SIGINT", "SIGTERM"])
+def test_interrupt_records_failed_trial_and_resume_finishes(sig, code, tmp_path, titles, quick_space, searches):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    trials_wanted = 20
+    search = searches(url, titles, trials=trials_wanted, space=quick_space)
+    _, interrupted = wait_until_training(search, min_trial=1)     # one trial already done: a real resume
+    sent = time.monotonic()
+    os.kill(search.pid, sig)
+    try:
+        rc = search.proc.wait(timeout=3 * EXIT_AFTER_SIGNAL)
+    except subprocess.TimeoutExpired:
+        search.kill()
+        pytest.fail(f"mainrun-search ignored {sig.name} for {3 * EXIT_AFTER_SIGNAL}s:\n{search.output()[-6000:]}")
+    took = time.monotonic() - sent
+    out = search.output()
+    assert rc == code, out[-6000:]
+    assert took < EXIT_AFTER_SIGNAL, f"{took:.1f}s to stop after {sig.name}"
+    assert "interrupted" in out
+
+    trials = trials_of(url)
+    by_number = {t.number: t for t in trials}
+    assert states(trials)[TrialState.RUNNING] == 0, describe(trials)
+    assert by_number[interrupted].state == TrialState.FAIL, describe(trials)
+    assert by_number[interrupted].user_attrs.get("fail_reason") == "interrupted", describe(trials)
+    assert [t.number for t in trials if t.state == TrialState.FAIL] == [interrupted], describe(trials)
+    finished_before = sum(t.state in FINISHED for t in trials)
+    assert 1 <= finished_before < trials_wanted
+
+    again = searches(url, titles, trials=trials_wanted, space=quick_space)                  # the same command resumes
+    rc = again.wait(RUN_TIMEOUT)
+    out = again.output()
+    assert rc == 0, out[-6000:]
+    assert f"resuming study '{STUDY}'" in out, out[-6000:]
+    assert_clean_output(out)
+    trials = trials_of(url)
+    counts = states(trials)
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == trials_wanted, describe(trials)
+    assert counts[TrialState.RUNNING] == counts[TrialState.WAITING] == 0, describe(trials)
+    assert counts[TrialState.FAIL] == 1, describe(trials)
+
+
+def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    search = searches(url, titles, trials=12, jobs=2, space=quick_space)
+    _, interrupted = wait_until_training(search, workers=True)
+    sent = time.monotonic()
+    os.kill(search.pid, signal.SIGINT)
+    rc = search.wait(3 * EXIT_AFTER_SIGNAL)
+    took = time.monotonic() - sent
+    out = search.output()
+    assert rc == 130, out[-6000:]
+    assert took < EXIT_AFTER_SIGNAL, f"{took:.1f}s to stop after SIGINT"
+    assert "database is locked" not in out.lower(), out[-6000:]
+
+    trials = trials_of(url)
+    by_number = {t.number: t for t in trials}
+    assert states(trials)[TrialState.RUNNING] == 0, describe(trials)
+    assert by_number[interrupted].state == TrialState.FAIL, describe(trials)
+    for t in trials:
+        if t.state == TrialState.FAIL:
+            assert t.user_attrs.get("fail_reason") == "interrupted", describe(trials)
+    # no worker outlives the search (it runs in its own process group)
+    deadline = time.time() + 10
+    while process_group(search.pid) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not process_group(search.pid), [Path(f"/proc/{p}/cmdline").read_bytes() for p in process_group(search.pid)]
