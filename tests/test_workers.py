@@ -260,6 +260,52 @@ def test_three_workers_share_one_study(storage_url, titles, searches):
     assert {m for m in re.findall(r"^\[w(\d)\] trial", out, re.M)} == {"0", "1", "2"}, out[-6000:]
 
 
+def test_four_sqlite_workers_while_the_dashboard_reads(tmp_path, titles, searches):
+    """The README's SQLite promise: WAL + a lock timeout, so 4 writers and a reading
+    optuna-dashboard never see "database is locked"."""
+    import json
+    import socket
+    import urllib.request
+
+    db = tmp_path / "study.db"
+    url = f"sqlite:///{db}"
+    search = searches(url, titles, trials=8, jobs=4)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    deadline = time.time() + START_TIMEOUT
+    while not db.exists():                          # the search creates it (in WAL mode)
+        assert time.time() < deadline, search.output()[-6000:]
+        time.sleep(0.2)
+    dash = subprocess.Popen(cli("optuna-dashboard", url, "--host", "127.0.0.1", "--port", str(port)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    reads = 0
+    try:
+        while search.proc.poll() is None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=10) as r:
+                    for summary in json.loads(r.read())["study_summaries"]:
+                        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies/{summary['study_id']}",
+                                                    timeout=10) as detail:
+                            assert detail.status == 200
+                    reads += 1
+            except OSError:                         # the dashboard is still starting
+                assert dash.poll() is None, dash.stderr.read().decode()[-3000:]
+            time.sleep(0.2)
+    finally:
+        dash.terminate()
+        errors = dash.communicate(timeout=30)[1].decode()
+    rc = search.wait(RUN_TIMEOUT)
+    out = search.output()
+    assert rc == 0, out[-6000:]
+    assert_clean_output(out)
+    assert "database is locked" not in errors.lower(), errors[-3000:]
+    assert reads >= 3, "the dashboard was not read while the workers wrote"
+    counts = states(trials_of(url))
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 8
+    assert counts[TrialState.FAIL] == counts[TrialState.RUNNING] == 0
+
+
 # ---------------------------------------------------------------------- a worker dies
 @pytest.mark.filterwarnings("ignore::optuna.exceptions.ExperimentalWarning")     # retried_trial_number
 def test_killed_worker_trial_is_failed_and_retried(storage_url, titles, quick_space, searches):
