@@ -27,14 +27,14 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
+from .config import ConfigError, RunConfig
+from .data import Data, prepare_data
+from .space import SearchSpace, load_space
+
 # Heartbeats, their retry callback and metric names are stable in practice but still flagged
 # experimental; the warnings would repeat in every worker.
 warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-from .config import ConfigError, RunConfig
-from .data import Data, prepare_data
-from .space import SearchSpace, load_space
 
 DEFAULT_STORAGE = "sqlite:///studies/mainrun.db"
 METRIC = "val_loss"
@@ -671,5 +671,3 @@ def export_trial(storage_url: str, study_name: str, out: str, trial_number: int 
     cfg.to_yaml(out, header=header)
     return trial.number, value
 
-
-__all__ = ["ConfigError", "SearchError", "SearchOptions", "StorageSettings", "export_trial", "run_search"]

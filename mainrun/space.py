@@ -286,7 +286,8 @@ def _parse_param(name, spec, hints, config_fields, fixed, earlier, err) -> Param
         raise err(key, "must be a mapping such as {low: 1, high: 8}, {choices: [a, b]} or {values: [1, 2, 4]}")
     unknown = set(spec) - PARAM_KEYS
     if unknown:
-        raise err(f"{key}.{sorted(map(str, unknown))[0]}", f"unknown key; expected some of {', '.join(sorted(PARAM_KEYS))}")
+        raise err(f"{key}.{sorted(map(str, unknown))[0]}",
+                  f"unknown key; expected some of {', '.join(sorted(PARAM_KEYS))}")
     kind = VIRTUAL.get(name) or hints[name]
     param = Param(name=name, kind=kind)
 
