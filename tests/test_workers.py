@@ -402,3 +402,20 @@ def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches
     while process_group(search.pid) and time.time() < deadline:
         time.sleep(0.2)
     assert not process_group(search.pid), [Path(f"/proc/{p}/cmdline").read_bytes() for p in process_group(search.pid)]
+
+
+def test_a_trial_that_never_sent_a_heartbeat_does_not_block_the_study(tmp_path, titles, quick_space, searches):
+    """A worker killed between creating its trial and its first heartbeat leaves a RUNNING trial
+    that Optuna never finds stale on its own. The next search must still fail it and finish."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = searches(url, titles, trials=1, space=quick_space)
+    assert first.wait(RUN_TIMEOUT) == 0, first.output()[-6000:]
+    zombie = optuna.load_study(study_name=STUDY, storage=url).ask()     # RUNNING, no heartbeat ever
+    search = searches(url, titles, trials=3, space=quick_space, extra=("--heartbeat", "1", "--heartbeat-grace", "2"))
+    rc = search.wait(RUN_TIMEOUT)
+    assert rc == 0, search.output()[-6000:]
+    trials = trials_of(url)
+    counts = states(trials)
+    assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3, describe(trials)
+    assert counts[TrialState.RUNNING] == 0, describe(trials)
+    assert next(t for t in trials if t.number == zombie.number).state == TrialState.FAIL
