@@ -460,6 +460,10 @@ def run_worker(ctx: WorkerContext) -> int:
 
 
 def _worker_process(ctx: WorkerContext) -> None:
+    if ctx.device == "cpu":
+        # CPU workers share the cores: OpenMP threads that spin while waiting slow every
+        # other worker down many times over. Set before torch starts its thread pool.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     sys.exit(run_worker(ctx))
 
 

@@ -307,3 +307,13 @@ def test_a_repeated_suggestion_reuses_the_finished_trial(tmp_path, titles_file):
         original = next(o for o in trials if o.number == t.user_attrs["duplicate_of"])
         assert t.params == original.params and t.value == original.value
         assert "train_seconds" not in t.user_attrs                  # no run was spent on it
+
+
+def test_a_seeded_sequential_search_is_repeatable(tmp_path, titles_file):
+    runs = []
+    for db in ("a.db", "b.db"):
+        proc = search(tmp_path, "--trials", "4", "--dataset", str(titles_file), "--study", "r", "--seed", "7", db=db)
+        assert proc.returncode == 0, proc.stderr
+        runs.append([(t.params, t.state, t.value) for t in load(tmp_path, "r", db=db).trials])
+    assert runs[0] == runs[1]
+    assert len({str(params) for params, _, _ in runs[0]}) == 4            # four different points
