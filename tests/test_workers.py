@@ -20,7 +20,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers import SPACES, cli, make_titles
+from helpers import SPACES, cli
 
 SMOKE = SPACES / "smoke.yaml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -33,10 +33,8 @@ TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")
 
 # ---------------------------------------------------------------------- fixtures
 @pytest.fixture
-def titles(tmp_path) -> Path:
-    path = tmp_path / "titles.txt"
-    path.write_text("\n".join(make_titles(1500)) + "\n")
-    return path
+def titles(titles_file) -> Path:
+    return titles_file
 
 
 @pytest.fixture
