@@ -1,6 +1,8 @@
 """Benchmark: full seven-epoch runs of known settings, with timings and throughput.
 
     python -m mainrun.bench --dataset titles.txt [--runs baseline:fp32,report-000:bf16] [--json out.json]
+    python -m mainrun.bench --dataset titles.txt --base studies/best-standin.yaml \
+        --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,scaled_residual_init=true
 
 For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model
 TFLOP/s and its fraction of the GPU's dense bf16 peak, and the final validation loss.
@@ -10,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 
@@ -43,6 +44,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs", default="baseline:bf16,report-003:bf16",
                         help="comma-separated PRESET:PRECISION[:eager] (default: %(default)s); "
                              "eager turns CUDA-graph capture off")
+    parser.add_argument("--base", metavar="CONFIG",
+                        help="ablation mode: run this config, then each --ablate variant of it")
+    parser.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
+                        help="with --base: one variant (repeatable), e.g. --ablate norm=rmsnorm")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", help="write the rows here as JSON")
@@ -52,37 +57,54 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         return profile(args.profile, args.dataset, args.device, args.cache_dir)
 
+    if args.base:
+        base = RunConfig.from_yaml(args.base).replace(dataset=args.dataset)
+        runs = [("base", base)] + [(spec, base.replace(**_overrides(spec))) for spec in args.ablate]
+    else:
+        runs = []
+        for spec in args.runs.split(","):
+            preset, precision, mode = (spec.split(":") + ["", ""])[:3]
+            runs.append((spec, RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset,
+                                                    "precision": precision or "auto",
+                                                    "cuda_graph": mode != "eager"})))
     rows = []
-    for spec in args.runs.split(","):
-        preset, precision, mode = (spec.split(":") + ["", ""])[:3]
-        cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset, "precision": precision or "auto",
-                                   "cuda_graph": mode != "eager"})
-        data = prepare_data(cfg, args.cache_dir)
-        t0 = time.perf_counter()
-        result = train(cfg, data, device=args.device, progress=False, echo=None)
-        wall = time.perf_counter() - t0 + data.prep_seconds
-        steps_ = result.steps
-        tflops = flops_per_token(cfg, data.vocab_size) * steps_ * cfg.batch_size * cfg.block_size \
-            / result.train_seconds / 1e12
-        peak = gpu_peak()
-        rows.append({"run": spec, "val_loss": result.val_loss, "data_s": data.prep_seconds,
-                     "data_cached": data.cached, "train_s": result.train_seconds, "wall_s": wall,
-                     "tokens_per_s": result.tokens_per_second, "tflops": tflops,
-                     "peak_frac": tflops / peak if peak else None, "steps": steps_,
-                     "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)),
-                     "params": result.n_params, "peak_mem_mb": result.peak_memory_mb, "device": result.device,
-                     "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"})
+    for name, cfg in runs:
+        rows.append(measure(name, cfg, args.device, args.cache_dir))
         print(json.dumps(rows[-1]), flush=True)
 
-    print(f"\n{'run':<22}{'val_loss':>9}{'data s':>8}{'train s':>9}{'tok/s':>12}{'TFLOP/s':>9}{'%peak':>7}")
+    reference = rows[0]["val_loss"]
+    print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'tok/s':>12}"
+          f"{'TFLOP/s':>9}{'%peak':>7}")
     for r in rows:
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
-        print(f"{r['run']:<22}{r['val_loss']:>9.4f}{r['data_s']:>8.1f}{r['train_s']:>9.1f}"
-              f"{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}")
+        print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
+              f"{r['train_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
     return 0
+
+
+def _overrides(spec: str) -> dict:
+    from .config import parse_yaml_text
+    pairs = (item.partition("=") for item in spec.split(","))
+    return {key.strip(): parse_yaml_text(value, f"--ablate {key}") for key, _, value in pairs}
+
+
+def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None) -> dict:
+    """One full run, and what it cost."""
+    data = prepare_data(cfg, cache_dir)
+    result = train(cfg, data, device=device, progress=False, echo=None)
+    tflops = flops_per_token(cfg, data.vocab_size) * result.steps * cfg.batch_size * cfg.block_size \
+        / result.train_seconds / 1e12
+    peak = gpu_peak()
+    return {"run": name, "val_loss": result.val_loss, "data_s": data.prep_seconds, "data_cached": data.cached,
+            "train_s": result.train_seconds, "wall_s": result.train_seconds + data.prep_seconds,
+            "tokens_per_s": result.tokens_per_second, "tflops": tflops,
+            "peak_frac": tflops / peak if peak else None, "steps": result.steps,
+            "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
+            "peak_mem_mb": result.peak_memory_mb, "device": result.device,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 
 def profile(spec: str, dataset: str, device: str, cache_dir: str | None) -> int:

@@ -28,7 +28,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("layernorm", "rmsnorm"),
     "pos_emb": ("learned", "rope"),
     "optimizer": ("sgd", "adamw"),
-    "schedule": ("cosine", "warmup_cosine", "linear"),
+    "schedule": ("cosine", "warmup_cosine", "linear", "wsd"),
     "precision": ("auto", "bf16", "fp32"),
 }
 
@@ -71,20 +71,23 @@ class RunConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     bias: bool = True
+    scaled_residual_init: bool = False  # residual projections start at std 0.02 / sqrt(2 n_layer) (GPT-2)
     # --- optimisation ---
     batch_size: int = 64
     epochs: int = 7
     optimizer: str = "sgd"
     lr: float = 6e-3
     weight_decay: float = 0.0
+    decay_all: bool = True              # false: no weight decay on norms, biases and embeddings
     momentum: float = 0.0               # sgd only
     nesterov: bool = False              # sgd only
     beta1: float = 0.9                  # adamw only
     beta2: float = 0.999                # adamw only
     eps: float = 1e-8                   # adamw only
     schedule: str = "cosine"            # cosine: the baseline's CosineAnnealingLR over all steps
-    warmup_steps: int = 0               # warmup_cosine / linear
-    min_lr_frac: float = 0.0            # warmup_cosine / linear: final lr = lr * min_lr_frac
+    warmup_steps: int = 0               # warmup_cosine / linear / wsd
+    min_lr_frac: float = 0.0            # warmup_cosine / linear / wsd: final lr = lr * min_lr_frac
+    decay_frac: float = 0.2             # wsd: the last fraction of the steps decays linearly
     grad_clip: float = 1.0              # 0 disables clipping
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
     cuda_graph: bool = True             # CUDA + AdamW: capture the whole training step once and replay it
@@ -189,6 +192,7 @@ _FIELD_RULES: dict[str, tuple[Any, str]] = {
     "eps": (lambda v: v > 0, "> 0"),
     "warmup_steps": (lambda v: v >= 0, ">= 0"),
     "min_lr_frac": (lambda v: 0.0 <= v <= 1.0, "in [0, 1]"),
+    "decay_frac": (lambda v: 0.0 < v <= 1.0, "in (0, 1]"),
     "grad_clip": (lambda v: v >= 0, ">= 0 (0 disables clipping)"),
     "mlp_ratio": (lambda v: v > 0, "> 0"),
     "vocab_size": (lambda v: v >= 259, "at least 259 (256 bytes + 3 special tokens)"),

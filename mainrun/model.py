@@ -110,6 +110,10 @@ class GPT(nn.Module):
         self.ln_f = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.apply(self._init_weights)
+        if cfg.scaled_residual_init:          # GPT-2: keep the residual stream's variance flat in depth
+            for block in self.blocks:
+                for proj in (block.attn.proj, block.mlp.down):
+                    nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
         if cfg.tie_embeddings:
             self.head.weight = self.token_emb.weight
 

@@ -95,13 +95,26 @@ def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device,
                    fused: bool = True, capturable: bool = False) -> torch.optim.Optimizer:
     """Fused kernels: one launch for the whole update. The learning rate lives in a device
     tensor, so a captured step reads the current value and setting it never syncs."""
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = param_groups(cfg, model)
     lr = torch.tensor(cfg.lr, device=device) if fused else cfg.lr
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
                                  weight_decay=cfg.weight_decay, fused=fused, capturable=capturable)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
                            weight_decay=cfg.weight_decay, fused=fused)
+
+
+def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
+    """One group (the baseline decays everything), or with decay_all false: weight decay on
+    the matrices of Linear layers only, none on norms, biases and embeddings."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.decay_all:
+        return [{"params": params}]
+    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    embedding = {id(model.token_emb.weight)}       # the tied head shares it: no decay either
+    decay = [p for p in params if id(p) in matrices and id(p) not in embedding]
+    rest = [p for p in params if id(p) not in {id(q) for q in decay}]
+    return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -121,7 +134,12 @@ def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:
     if step < warmup:
         return (step + 1) / warmup
     progress = (step - warmup) / max(1, max_steps - warmup)
-    shape = 0.5 * (1.0 + math.cos(math.pi * progress)) if cfg.schedule == "warmup_cosine" else 1.0 - progress
+    if cfg.schedule == "warmup_cosine":
+        shape = 0.5 * (1.0 + math.cos(math.pi * progress))
+    elif cfg.schedule == "wsd":                 # warmup, stable at lr, then a linear decay
+        shape = min(1.0, (1.0 - progress) / cfg.decay_frac)
+    else:
+        shape = 1.0 - progress
     return cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * shape
 
 

@@ -1,6 +1,7 @@
 """The GPT model: variants train on CPU, the tied head, the baseline init and size, causality."""
 from __future__ import annotations
 
+import math
 import pytest
 import torch
 
@@ -164,3 +165,14 @@ def test_shorter_sequences_and_summed_loss():
     assert logits.shape == (2, 10, VOCAB)
     assert total.item() == pytest.approx(mean.item() * 20, rel=1e-5)
     assert total.item() == pytest.approx(manual.item(), rel=1e-6)
+
+
+def test_scaled_residual_init():
+    cfg = RunConfig.from_dict({"n_layer": 8, "d_model": 256, "n_head": 4, "scaled_residual_init": True})
+    torch.manual_seed(0)
+    model = GPT(cfg, 1000)
+    expected = 0.02 / math.sqrt(2 * 8)
+    for block in model.blocks:
+        for proj in (block.attn.proj, block.mlp.down):
+            assert proj.weight.std().item() == pytest.approx(expected, rel=0.05)
+        assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)

@@ -501,3 +501,33 @@ def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
     assert fast_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
     for a, b in zip(fast_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_wsd_schedule_warms_up_holds_then_decays():
+    cfg = RunConfig.from_dict({"schedule": "wsd", "warmup_steps": 10, "decay_frac": 0.2, "min_lr_frac": 0.1})
+    steps = 110                                        # 10 warm-up, then 100: stable for 80, decay over 20
+    assert lr_factor(cfg, 9, steps) == pytest.approx(1.0)
+    assert lr_factor(cfg, 50, steps) == pytest.approx(1.0)
+    assert lr_factor(cfg, 89, steps) == pytest.approx(1.0)
+    assert lr_factor(cfg, 100, steps) == pytest.approx(0.1 + 0.9 * 0.5)
+    assert lr_factor(cfg, 109, steps) == pytest.approx(0.1 + 0.9 * 0.05)
+
+
+def test_decay_all_false_spares_norms_biases_and_embeddings():
+    cfg = RunConfig.from_dict({**TINY, "decay_all": False, "weight_decay": 0.1, "optimizer": "adamw"})
+    model = GPT(cfg, 300)
+    decay, rest = train_mod.param_groups(cfg, model)
+    decayed = {id(p) for p in decay["params"]}
+    assert id(model.token_emb.weight) not in decayed and id(model.pos_emb) not in decayed
+    for module in model.modules():
+        if isinstance(module, (torch.nn.LayerNorm, torch.nn.RMSNorm)):
+            assert all(id(p) not in decayed for p in module.parameters())
+        if isinstance(module, torch.nn.Linear) and module is not model.head:
+            assert id(module.weight) in decayed
+            assert module.bias is None or id(module.bias) not in decayed
+    assert rest["weight_decay"] == 0.0
+    assert len(decay["params"]) + len(rest["params"]) == len(list(model.parameters()))
+    opt = train_mod.make_optimizer(cfg, model, torch.device("cpu"))
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
+    default = train_mod.param_groups(RunConfig.from_dict(TINY), model)
+    assert len(default) == 1                           # the baseline decays everything
