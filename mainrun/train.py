@@ -339,11 +339,12 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
     runlog.log("model_info", parameters_count=result.n_params)
     t0 = time.perf_counter()                          # training time includes the graph capture
     # CUDA-graph capture is verified on an H100 for AdamW only; SGD runs eagerly for now
-    # (foreach SGD with a tensor lr broke the capture there, fused SGD was not faster).
+    # (foreach SGD with a tensor lr broke the capture there; fused SGD captured at momentum 0,
+    # momentum > 0 is not verified yet).
     graph = cfg.cuda_graph and dev.type == "cuda" and cfg.optimizer == "adamw"
     opt = make_optimizer(cfg, model, dev, capturable=graph)
-    # Capture happens here, before the first step: a config that does not fit in memory
-    # fails now with CUDA's OutOfMemoryError, not halfway through the run.
+    # The capture here (or, eagerly, the first step) allocates almost all the memory the run
+    # needs: a config that does not fit fails at once with OutOfMemoryError, not halfway.
     train_step = TrainStep(model, opt, cfg, dev, precision, graph=graph)
     scorer = Scorer(model, val_ids, cfg, data.val_chars, precision, graph=graph)
     step_losses = torch.zeros(max_steps, device=dev)
