@@ -15,7 +15,7 @@ import json
 
 import torch
 
-from .config import PRESETS, RunConfig
+from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .model import GPT
 from .train import steps_per_epoch, train
@@ -59,14 +59,10 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.base:
         base = RunConfig.from_yaml(args.base).replace(dataset=args.dataset)
-        runs = [("base", base)] + [(spec, base.replace(**_overrides(spec))) for spec in args.ablate]
+        runs = [("base", base)] + [(spec, base.replace(**parse_overrides(spec.split(","), "--ablate")))
+                                   for spec in args.ablate]
     else:
-        runs = []
-        for spec in args.runs.split(","):
-            preset, precision, mode = (spec.split(":") + ["", ""])[:3]
-            runs.append((spec, RunConfig.from_dict({**PRESETS[preset], "dataset": args.dataset,
-                                                    "precision": precision or "auto",
-                                                    "cuda_graph": mode != "eager"})))
+        runs = [(spec, _preset_config(spec, args.dataset)) for spec in args.runs.split(",")]
     rows = []
     for name, cfg in runs:
         rows.append(measure(name, cfg, args.device, args.cache_dir))
@@ -85,10 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _overrides(spec: str) -> dict:
-    from .config import parse_yaml_text
-    pairs = (item.partition("=") for item in spec.split(","))
-    return {key.strip(): parse_yaml_text(value, f"--ablate {key}") for key, _, value in pairs}
+def _preset_config(spec: str, dataset: str, **extra) -> RunConfig:
+    """PRESET:PRECISION[:eager] as a run config on `dataset`."""
+    preset, precision, mode = (spec.split(":") + ["", ""])[:3]
+    return RunConfig.from_dict({**PRESETS[preset], "dataset": dataset, "precision": precision or "auto",
+                                "cuda_graph": mode != "eager", **extra})
 
 
 def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None) -> dict:
@@ -110,9 +107,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None) -> di
 def profile(spec: str, dataset: str, device: str, cache_dir: str | None) -> int:
     """One epoch under torch.profiler, CUDA graphs off so that each kernel is attributed."""
     from torch.profiler import ProfilerActivity
-    preset, _, precision = spec.partition(":")
-    cfg = RunConfig.from_dict({**PRESETS[preset], "dataset": dataset, "precision": precision or "auto",
-                               "cuda_graph": False, "mainrun_rules": False, "epochs": 1})
+    cfg = _preset_config(spec, dataset, cuda_graph=False, mainrun_rules=False, epochs=1)
     data = prepare_data(cfg, cache_dir)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:

@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .config import PRESETS, ConfigError, RunConfig, parse_yaml_text
+from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 
 EXIT_USAGE = 2
 
@@ -13,16 +13,6 @@ EXIT_USAGE = 2
 def _fail(message: str) -> "NoReturn":  # noqa: F821
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
-
-
-def _parse_overrides(pairs: list[str]) -> dict:
-    overrides = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set expects KEY=VALUE; got {pair!r}")
-        overrides[key.strip()] = parse_yaml_text(value, f"--set {key}")
-    return overrides
 
 
 def load_run_config(config: str | None, preset: str | None, dataset: str | None, overrides: list[str]) -> RunConfig:
@@ -34,7 +24,7 @@ def load_run_config(config: str | None, preset: str | None, dataset: str | None,
         cfg = RunConfig.from_dict(PRESETS[preset], base=cfg, source=f"preset {preset}")
     if config:
         cfg = RunConfig.from_yaml(config, base=cfg)
-    extra = _parse_overrides(overrides)
+    extra = parse_overrides(overrides, "--set")
     if dataset:
         extra["dataset"] = dataset
     return RunConfig.from_dict(extra, base=cfg, source="command line") if extra else cfg

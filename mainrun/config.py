@@ -305,6 +305,17 @@ def parse_yaml_text(text: str, source: str) -> Any:
         raise YamlError(f"{source}: nesting is too deep") from None
 
 
+def parse_overrides(pairs: list[str], flag: str) -> dict[str, Any]:
+    """KEY=VALUE strings (from --set, --ablate) as a dict; each value is read as YAML."""
+    overrides = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"{flag} expects KEY=VALUE; got {pair!r}")
+        overrides[key.strip()] = parse_yaml_text(value, f"{flag} {key.strip()}")
+    return overrides
+
+
 def load_yaml_file(path: str | Path) -> Any:
     path = Path(path)
     try:

@@ -205,14 +205,15 @@ def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print)
     cached = key is not None and (root / key / "meta.json").is_file()
     if not cached:
         train, val = load_titles(cfg.dataset, cfg.num_titles, cfg.seed, cfg.val_frac)
-        key = cache_key(titles_digest(train, val), cfg.vocab_size)
+        digest = titles_digest(train, val)
+        key = cache_key(digest, cfg.vocab_size)
         cached = (root / key / "meta.json").is_file()
         if not cached:
             with FileLock(str(root / f"{key}.lock")):
                 cached = (root / key / "meta.json").is_file()
                 if not cached:
                     log(f"data: training a {cfg.vocab_size:,}-token BPE tokenizer on {len(train) + len(val):,} titles")
-                    _build_entry(root / key, train, val, cfg.vocab_size)
+                    _build_entry(root / key, train, val, cfg.vocab_size, digest)
         if stamp is not None:
             _write_atomic(stamp, key)
     entry = root / key
@@ -246,14 +247,14 @@ def _write_atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def _build_entry(entry: Path, train: list[str], val: list[str], vocab_size: int) -> None:
+def _build_entry(entry: Path, train: list[str], val: list[str], vocab_size: int, digest: str) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         tokenizer = train_tokenizer(train + val, vocab_size)
         tokenizer.save(str(tmp / "tokenizer.json"))
         np.save(tmp / "train_ids.npy", encode_titles(tokenizer, train))
         np.save(tmp / "val_ids.npy", encode_titles(tokenizer, val))
-        meta = {"titles_sha256": titles_digest(train, val), "vocab_size": tokenizer.get_vocab_size(),
+        meta = {"titles_sha256": digest, "vocab_size": tokenizer.get_vocab_size(),
                 "val_chars": len(join_titles(val)), "n_train_titles": len(train), "n_val_titles": len(val)}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
         if entry.exists():                      # a stale, incomplete entry (no meta.json)

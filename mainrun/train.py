@@ -92,16 +92,16 @@ def autocast(device: torch.device, precision: str):
 
 
 def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device,
-                   fused: bool = True, capturable: bool = False) -> torch.optim.Optimizer:
+                   capturable: bool = False) -> torch.optim.Optimizer:
     """Fused kernels: one launch for the whole update. The learning rate lives in a device
     tensor, so a captured step reads the current value and setting it never syncs."""
     params = param_groups(cfg, model)
-    lr = torch.tensor(cfg.lr, device=device) if fused else cfg.lr
+    lr = torch.tensor(cfg.lr, device=device)
     if cfg.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, fused=fused, capturable=capturable)
+                                 weight_decay=cfg.weight_decay, fused=True, capturable=capturable)
     return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, fused=fused)
+                           weight_decay=cfg.weight_decay, fused=True)
 
 
 def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
@@ -110,10 +110,10 @@ def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.decay_all:
         return [{"params": params}]
-    matrices = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
-    embedding = {id(model.token_emb.weight)}       # the tied head shares it: no decay either
-    decay = [p for p in params if id(p) in matrices and id(p) not in embedding]
-    rest = [p for p in params if id(p) not in {id(q) for q in decay}]
+    # the matrices of Linear layers, less the embedding (a tied head shares it)
+    decayed = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} - {id(model.token_emb.weight)}
+    decay = [p for p in params if id(p) in decayed]
+    rest = [p for p in params if id(p) not in decayed]
     return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
 
 
