@@ -3,22 +3,29 @@
     python -m mainrun.bench --dataset titles.txt [--runs baseline:fp32,report-000:bf16] [--json out.json]
     python -m mainrun.bench --dataset titles.txt --base studies/best-standin.yaml \
         --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,scaled_residual_init=true
+    python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 8 --jobs 1,2,3
 
 For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model
-TFLOP/s and its fraction of the GPU's dense bf16 peak, and the final validation loss.
+TFLOP/s and its fraction of the GPU's dense bf16 peak, the final validation loss, and the
+estimated and measured peak memory. With --search it runs a short search per --jobs value
+(workers sharing the device) and prints trials per hour and full-run equivalents per hour:
+the aggregate throughput of several trials per GPU.
 It is a benchmark, not a test: nothing here asserts a time.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import tempfile
+import time
+from pathlib import Path
 
 import torch
 
 from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .model import GPT
-from .train import steps_per_epoch, train
+from .train import estimate_memory_bytes, resolve_device, resolve_precision, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -45,9 +52,16 @@ def main(argv: list[str] | None = None) -> int:
                         help="comma-separated PRESET:PRECISION[:eager] (default: %(default)s); "
                              "eager turns CUDA-graph capture off")
     parser.add_argument("--base", metavar="CONFIG",
-                        help="ablation mode: run this config, then each --ablate variant of it")
+                        help="ablation mode: run this config (a YAML file or a preset name), then each "
+                             "--ablate variant of it")
     parser.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="with --base: one variant (repeatable), e.g. --ablate norm=rmsnorm")
+    parser.add_argument("--search", metavar="SPACE",
+                        help="instead: time a short search of this space once per --jobs value")
+    parser.add_argument("--trials", type=int, default=8, help="with --search: trials per search (default: %(default)s)")
+    parser.add_argument("--jobs", default="1", help="with --search: comma-separated worker counts (default: %(default)s)")
+    parser.add_argument("--pruner", help="with --search: replace the space's pruner (none: every trial runs to the end)")
+    parser.add_argument("--seed", type=int, default=0, help="with --search: sampler seed (default: %(default)s)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", help="write the rows here as JSON")
@@ -56,9 +70,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:
         return profile(args.profile, args.dataset, args.device, args.cache_dir)
+    if args.search:
+        jobs = [int(j) for j in args.jobs.split(",")]
+        return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
+                                 args.device, args.cache_dir, args.json)
 
     if args.base:
-        base = RunConfig.from_yaml(args.base).replace(dataset=args.dataset)
+        base = (RunConfig.from_dict(PRESETS[args.base]) if args.base in PRESETS
+                else RunConfig.from_yaml(args.base)).replace(dataset=args.dataset)
         runs = [("base", base)] + [(spec, base.replace(**parse_overrides(spec.split(","), "--ablate")))
                                    for spec in args.ablate]
     else:
@@ -70,15 +89,20 @@ def main(argv: list[str] | None = None) -> int:
 
     reference = rows[0]["val_loss"]
     print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'tok/s':>12}"
-          f"{'TFLOP/s':>9}{'%peak':>7}")
+          f"{'TFLOP/s':>9}{'%peak':>7}{'est MiB':>9}{'peak MiB':>9}")
     for r in rows:
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
-              f"{r['train_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}")
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=1)
+              f"{r['train_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
+              f"{r['est_mem_mb']:>9,.0f}{r['peak_mem_mb']:>9,.0f}")
+    _write_json(args.json, rows)
     return 0
+
+
+def _write_json(path: str | None, rows: list[dict]) -> None:
+    if path:
+        with open(path, "w") as f:
+            json.dump(rows, f, indent=1)
 
 
 def _preset_config(spec: str, dataset: str, **extra) -> RunConfig:
@@ -91,7 +115,9 @@ def _preset_config(spec: str, dataset: str, **extra) -> RunConfig:
 def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None) -> dict:
     """One full run, and what it cost."""
     data = prepare_data(cfg, cache_dir)
-    result = train(cfg, data, device=device, progress=False, echo=None)
+    dev = resolve_device(device)
+    estimate = estimate_memory_bytes(cfg, data.vocab_size, dev, resolve_precision(cfg, dev))
+    result = train(cfg, data, device=dev, progress=False, echo=None)
     tflops = flops_per_token(cfg, data.vocab_size) * result.steps * cfg.batch_size * cfg.block_size \
         / result.train_seconds / 1e12
     peak = gpu_peak()
@@ -100,7 +126,49 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None) -> di
             "tokens_per_s": result.tokens_per_second, "tflops": tflops,
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
-            "peak_mem_mb": result.peak_memory_mb, "device": result.device,
+            "peak_mem_mb": result.peak_memory_mb, "est_mem_mb": estimate / 2**20, "device": result.device,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+
+
+def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
+                      device: str, cache_dir: str | None, json_path: str | None) -> int:
+    """One short search per worker count, each a fresh study in a scratch SQLite file: the
+    wall time, trials per hour and full-run equivalents per hour (trained steps / full steps)."""
+    from .search import SearchOptions, StorageSettings, run_search
+    scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
+    rows = []
+    for n in jobs:
+        storage = f"sqlite:///{scratch / 'bench.db'}"
+        opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=f"bench-jobs{n}",
+                             dataset=dataset, device=device, jobs=n, seed=seed, pruner=pruner, cache_dir=cache_dir,
+                             artifacts=str(scratch / "artifacts"))
+        start = time.perf_counter()
+        code = run_search(opts)
+        rows.append(_search_row(n, storage, opts.study, time.perf_counter() - start, code))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"\n{'jobs':>4}{'finished':>9}{'pruned':>7}{'failed':>7}{'wall s':>9}{'trials/h':>10}"
+          f"{'full runs/h':>12}{'device s':>10}")
+    for r in rows:
+        print(f"{r['jobs']:>4}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}{r['wall_s']:>9.1f}"
+              f"{r['trials_per_hour']:>10.1f}{r['full_runs_per_hour']:>12.1f}{r['device_s']:>10.1f}")
+    print(f"(studies kept in {scratch / 'bench.db'})")
+    _write_json(json_path, rows)
+    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
+
+
+def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int) -> dict:
+    import optuna
+    from optuna.trial import TrialState
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]
+                    for t in finished if t.user_attrs.get("max_steps"))
+    return {"jobs": jobs, "exit_code": code, "finished": len(finished),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall,
+            "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
+            "device_s": sum(t.user_attrs.get("train_seconds", 0) + t.user_attrs.get("prep_seconds", 0)
+                            for t in trials),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 

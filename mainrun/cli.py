@@ -85,8 +85,19 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number; got {text!r}")
+    return value
+
+
 def search_main(argv: list[str] | None = None) -> int:
     from .search import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
+    from .space import PRUNERS, SAMPLERS
 
     parser = argparse.ArgumentParser(
         prog="mainrun-search",
@@ -108,6 +119,15 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", type=_gpu_list, help="GPU indices, one set of workers per GPU, e.g. 0,1,2,3")
     parser.add_argument("--jobs-per-gpu", type=_positive, default=1, help="workers per GPU with --gpus (default: 1)")
     parser.add_argument("--seed", type=int, help="sampler seed: makes a one-worker search repeatable")
+    parser.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
+                        help="device memory one trial may use; a trial whose estimated need is larger is refused "
+                             "before it starts, recorded as failed with the reason (default on a GPU: its memory "
+                             "divided by the workers sharing it; on the CPU: no limit)")
+    parser.add_argument("--sampler", choices=sorted(SAMPLERS),
+                        help="use this sampler (with mainrun's defaults) instead of the space file's; "
+                             "part of the study's identity, like the space itself")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS),
+                        help="use this pruner instead of the space file's (none: every trial runs to the end)")
     parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
     parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
     parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
@@ -128,7 +148,8 @@ def search_main(argv: list[str] | None = None) -> int:
         space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
-        cache_dir=args.cache_dir, artifacts=args.artifacts)
+        cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
+        memory_budget_gib=args.memory_budget)
     try:
         return run_search(opts)
     except (ConfigError, DataError, SearchError) as e:
@@ -168,17 +189,27 @@ def report_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mainrun-report",
         description="Write a self-contained HTML report of a study (history, intermediate curves, importances, "
-                    "parallel coordinates, best config, top trials, totals) plus PNG copies of its plots.")
-    parser.add_argument("--study", required=True)
+                    "parallel coordinates, best config, top trials, totals) plus PNG copies of its plots; or, with "
+                    "--compare, compare the search efficiency of several studies (best value against device time, "
+                    "at equal budget, and the time pruning saved).")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--study", help="report on this study: OUT/index.html and OUT/*.png")
+    which.add_argument("--compare", nargs="+", metavar="STUDY",
+                       help="compare these studies (at least 2): OUT/compare.html and OUT/compare.png")
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="default: %(default)s")
-    parser.add_argument("--out", required=True, help="output folder: index.html and *.png")
+    parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--top", type=_positive, default=10, help="rows in the top-trials table (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.compare is not None and len(args.compare) < 2:
+        parser.error("--compare needs at least 2 study names")
 
-    from .report import build_report
+    from .report import build_comparison, build_report
     from .search import SearchError
     try:
-        index = build_report(args.storage, args.study, args.out, top=args.top)
+        if args.compare:
+            index = build_comparison(args.storage, args.compare, args.out)
+        else:
+            index = build_report(args.storage, args.study, args.out, top=args.top)
     except (ConfigError, SearchError) as e:
         _fail(str(e))
     print(f"report: {index}")

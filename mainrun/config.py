@@ -27,9 +27,10 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "mlp": ("gelu", "swiglu", "relu2"),
     "norm": ("layernorm", "rmsnorm"),
     "pos_emb": ("learned", "rope"),
-    "optimizer": ("sgd", "adamw"),
+    "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("cosine", "warmup_cosine", "linear", "wsd"),
     "precision": ("auto", "bf16", "fp32"),
+    "compile": ("none", "blocks", "model"),
 }
 
 
@@ -75,15 +76,16 @@ class RunConfig:
     # --- optimisation ---
     batch_size: int = 64
     epochs: int = 7
-    optimizer: str = "sgd"
+    optimizer: str = "sgd"              # muon: Muon on the blocks' matrices, AdamW on the rest, one lr
     lr: float = 6e-3
     weight_decay: float = 0.0
     decay_all: bool = True              # false: no weight decay on norms, biases and embeddings
     momentum: float = 0.0               # sgd only
     nesterov: bool = False              # sgd only
-    beta1: float = 0.9                  # adamw only
-    beta2: float = 0.999                # adamw only
-    eps: float = 1e-8                   # adamw only
+    muon_momentum: float = 0.95         # muon only
+    beta1: float = 0.9                  # adamw, and muon's AdamW part
+    beta2: float = 0.999                # adamw, and muon's AdamW part
+    eps: float = 1e-8                   # adamw, and muon's AdamW part
     schedule: str = "cosine"            # cosine: the baseline's CosineAnnealingLR over all steps
     warmup_steps: int = 0               # warmup_cosine / linear / wsd
     min_lr_frac: float = 0.0            # warmup_cosine / linear / wsd: final lr = lr * min_lr_frac
@@ -91,6 +93,7 @@ class RunConfig:
     grad_clip: float = 1.0              # 0 disables clipping
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
     cuda_graph: bool = True             # CUDA + AdamW: capture the whole training step once and replay it
+    compile: str = "none"               # torch.compile: blocks (each block, compiled once and reused) or model
     # --- evaluation (Mainrun-fixed scoring geometry) ---
     evals_per_epoch: int = 3
     eval_batch_size: int = 64
@@ -187,6 +190,7 @@ _FIELD_RULES: dict[str, tuple[Any, str]] = {
     "val_frac": (lambda v: 0.0 < v < 1.0, "in (0, 1)"),
     "weight_decay": (lambda v: v >= 0, ">= 0"),
     "momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
+    "muon_momentum": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "beta1": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "beta2": (lambda v: 0.0 <= v < 1.0, "in [0, 1)"),
     "eps": (lambda v: v > 0, "> 0"),

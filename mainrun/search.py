@@ -42,7 +42,10 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # A seven-epoch GPU trial takes tens of seconds to minutes: beat every 30 s, and call a
 # worker dead after 2 minutes of silence.
 HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120
+GIB = 2**30
 MAX_CONSECUTIVE_FAILURES = 5
+# Refusals cost no training, but a space where almost nothing fits must still end.
+MAX_CONSECUTIVE_REFUSALS = 25
 
 
 class SearchError(Exception):
@@ -51,6 +54,10 @@ class SearchError(Exception):
 
 class TrialFailed(Exception):
     """The trial's own config failed (e.g. out of memory); recorded as FAIL, not retried."""
+
+
+class TrialRefused(TrialFailed):
+    """The trial's config would not fit in the memory a trial may use; refused before it starts."""
 
 
 class WorkerBroken(Exception):
@@ -206,6 +213,8 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
     study.set_user_attr("space_file", space.path)
     study.set_user_attr("space_sha256", space.sha256)
     study.set_user_attr("space_yaml", space.text)
+    study.set_user_attr("sampler", space.sampler["name"])
+    study.set_user_attr("pruner", space.pruner["name"])
     study.set_user_attr("dataset", base.dataset)
     study.set_user_attr("titles_sha256", data.titles_sha256)
     study.set_user_attr("mainrun_version", version())
@@ -271,14 +280,43 @@ class WorkerContext:
     start_time: float
     finished_at_start: int
     threads: int | None = None
+    sampler: str | None = None           # --sampler / --pruner: replace the space file's policy
+    pruner: str | None = None
+    memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
+    workers_on_device: int = 1
+
+
+def memory_budget(ctx: WorkerContext) -> tuple[int, str] | None:
+    """(bytes one trial may use, where that number comes from), or None for no limit (the
+    CPU, unless --memory-budget is given)."""
+    import torch
+    if ctx.memory_budget_gib is not None:
+        return int(ctx.memory_budget_gib * GIB), f"--memory-budget is {ctx.memory_budget_gib:g} GiB per trial"
+    if not ctx.device.startswith("cuda"):
+        return None
+    props = torch.cuda.get_device_properties(torch.device(ctx.device))
+    share = props.total_memory // ctx.workers_on_device
+    return share, (f"{props.name} has {props.total_memory / GIB:.1f} GiB for {ctx.workers_on_device} "
+                   f"worker(s), {share / GIB:.1f} GiB each")
 
 
 def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerContext, admission):
     import torch
 
-    from .train import ScoringError, train
+    from .train import ScoringError, estimate_memory_bytes, resolve_device, resolve_precision, train
     store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
     commit = git_commit()
+    device = resolve_device(ctx.device)
+    budget = memory_budget(ctx)
+
+    def refuse_if_too_big(trial: optuna.Trial, cfg: RunConfig) -> None:
+        need = estimate_memory_bytes(cfg, data.vocab_size, device, resolve_precision(cfg, device))
+        trial.set_user_attr("memory_estimate_mb", round(need / 2**20))
+        if budget is not None and need > budget[0]:
+            reason = f"does not fit: needs ~{need / GIB:.2f} GiB by estimate; {budget[1]}"
+            trial.set_user_attr("fail_reason", reason)
+            trial.set_user_attr("refused", True)
+            raise TrialRefused(reason)
 
     def objective(trial: optuna.Trial) -> float:
         admission.release()                      # this trial now counts; the next worker may decide
@@ -302,6 +340,7 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
                 trial.set_user_attr("prune_reason", f"same params as pruned trial {twin.number}")
                 raise optuna.TrialPruned(f"duplicate of trial {twin.number}")
             return twin.value
+        refuse_if_too_big(trial, cfg)
         trial.set_user_attr("mainrun_version", version())
         trial.set_user_attr("git_commit", commit)
         workdir = Path(tempfile.mkdtemp(prefix="mainrun-trial-"))
@@ -339,6 +378,7 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
         trial.set_user_attr("device", f"{result.device} ({result.precision})")
         trial.set_user_attr("steps", result.steps)
+        trial.set_user_attr("max_steps", result.max_steps)
         if result.diverged:
             trial.set_user_attr("prune_reason", f"diverged: {result.diverged}")
             raise optuna.TrialPruned(result.diverged)
@@ -417,7 +457,7 @@ def _set_up_worker(ctx: WorkerContext, admission: Admission):
     if ctx.threads:
         import torch
         torch.set_num_threads(ctx.threads)
-    space = load_space(ctx.space_path)
+    space = load_space(ctx.space_path, ctx.sampler, ctx.pruner)
     base = RunConfig.from_dict(ctx.base)
     data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
     study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
@@ -433,14 +473,20 @@ def run_worker(ctx: WorkerContext) -> int:
     admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials)
     try:
         study, objective = _set_up_worker(ctx, admission)
-        failures = 0
+        failures = refusals = 0
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-            nonlocal failures
-            failures = failures + 1 if trial.state == TrialState.FAIL else 0
+            nonlocal failures, refusals
+            refused = trial.user_attrs.get("refused", False)
+            failures = failures + 1 if trial.state == TrialState.FAIL and not refused else 0
+            refusals = refusals + 1 if refused else 0
             print_trial_line(study, trial, ctx)
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 print(f"[w{ctx.worker}] stopping: {failures} trials in a row failed", flush=True)
+                study.stop()
+            elif refusals >= MAX_CONSECUTIVE_REFUSALS:
+                print(f"[w{ctx.worker}] stopping: {refusals} trials in a row did not fit in memory; "
+                      "narrow the space or raise --memory-budget", flush=True)
                 study.stop()
             elif not admission.needed(study):
                 study.stop()
@@ -536,6 +582,9 @@ class SearchOptions:
     new_study: bool = False
     cache_dir: str | None = None
     artifacts: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    memory_budget_gib: float | None = None
 
 
 def run_search(opts: SearchOptions) -> int:
@@ -543,7 +592,7 @@ def run_search(opts: SearchOptions) -> int:
     finished trials. Returns the process exit code."""
     import torch
 
-    space = load_space(opts.space)                                  # validated before anything exists
+    space = load_space(opts.space, opts.sampler, opts.pruner)       # validated before anything exists
     base = RunConfig.from_dict({"dataset": opts.dataset} if opts.dataset else {}, base=RunConfig.from_dict(space.fixed))
     gpu = bool(opts.gpus) or opts.device.startswith("cuda") or (opts.device == "auto" and torch.cuda.is_available())
     if not gpu and not space.cpu_ok:
@@ -564,7 +613,9 @@ def run_search(opts: SearchOptions) -> int:
     contexts = [WorkerContext(space_path=opts.space, base=base.to_dict(), storage=opts.storage,
                               study_name=study.study_name, trials=opts.trials, device=dev,
                               cache_dir=opts.cache_dir, artifacts=str(artifacts), seed=opts.seed, worker=i,
-                              start_time=start, finished_at_start=finished_at_start, threads=threads)
+                              start_time=start, finished_at_start=finished_at_start, threads=threads,
+                              sampler=opts.sampler, pruner=opts.pruner, memory_budget_gib=opts.memory_budget_gib,
+                              workers_on_device=devices.count(dev))
                 for i, dev in enumerate(devices)]
     code = _run_rounds(study, contexts, opts.trials)
     print_summary(study, opts.storage.url, artifacts)

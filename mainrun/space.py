@@ -29,7 +29,7 @@ import json
 import math
 import random
 import typing
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -178,6 +178,15 @@ class SearchSpace:
         cls, defaults = PRUNERS[self.pruner["name"]]
         return cls(**{**defaults, **{k: v for k, v in self.pruner.items() if k != "name"}})
 
+    def with_policy(self, sampler: str | None = None, pruner: str | None = None) -> "SearchSpace":
+        """This space with its sampler and/or pruner replaced by a named default (the command
+        line's --sampler/--pruner). The policy is part of the space's identity (sha256)."""
+        space = replace(self, sampler={"name": sampler} if sampler else self.sampler,
+                                    pruner={"name": pruner} if pruner else self.pruner)
+        if space.sampler["name"] == "grid":
+            space.grid_space()
+        return space
+
     def grid_space(self) -> dict[str, list]:
         grid = {}
         for p in self.params:
@@ -197,10 +206,11 @@ class SearchSpace:
 
 
 # ---------------------------------------------------------------------- parsing
-def load_space(path: str | Path) -> SearchSpace:
+def load_space(path: str | Path, sampler: str | None = None, pruner: str | None = None) -> SearchSpace:
+    """The space file, validated; `sampler`/`pruner` (names) replace the file's policy."""
     data = load_yaml_file(path)
     text = Path(path).read_text(encoding="utf-8")
-    return parse_space(data, str(path), text)
+    return parse_space(data, str(path), text).with_policy(sampler, pruner)
 
 
 def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:

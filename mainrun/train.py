@@ -91,17 +91,61 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
-def make_optimizer(cfg: RunConfig, model: torch.nn.Module, device: torch.device,
-                   capturable: bool = False) -> torch.optim.Optimizer:
+def compile_model(model: GPT, mode: str) -> None:
+    """torch.compile in place. 'blocks' is regional compilation: the blocks share one compiled
+    graph, so compile time does not grow with depth; 'model' fuses the head and the loss too.
+    Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_<user>)
+    let any trial or worker on the machine load a graph another one already compiled."""
+    if mode == "none":
+        return
+    for module in (model.blocks if mode == "blocks" else [model]):
+        module.compile()
+
+
+def make_optimizer(cfg: RunConfig, model: GPT, device: torch.device,
+                   capturable: bool = False) -> "torch.optim.Optimizer | Optimizers":
     """Fused kernels: one launch for the whole update. The learning rate lives in a device
-    tensor, so a captured step reads the current value and setting it never syncs."""
-    params = param_groups(cfg, model)
+    tensor, so a captured step reads the current value and setting it never syncs.
+    muon: torch's Muon on the blocks' weight matrices with its AdamW-matching lr scale, so
+    that one lr and weight decay serve both halves; AdamW on everything else."""
+    groups = param_groups(cfg, model)
     lr = torch.tensor(cfg.lr, device=device)
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                               weight_decay=cfg.weight_decay, fused=True)
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                                 weight_decay=cfg.weight_decay, fused=True, capturable=capturable)
-    return torch.optim.SGD(params, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                           weight_decay=cfg.weight_decay, fused=True)
+        return _adamw(cfg, groups, lr, capturable)
+    hidden = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
+    matrices = [p for g in groups for p in g["params"] if id(p) in hidden]
+    rest = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
+    # Muon reads its lr as a Python number (a tensor lr would sync every step)
+    muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
+                            adjust_lr_fn="match_rms_adamw")
+    return Optimizers(muon, _adamw(cfg, [g for g in rest if g["params"]], lr, capturable))
+
+
+def _adamw(cfg: RunConfig, groups: list[dict], lr: torch.Tensor, capturable: bool) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                             weight_decay=cfg.weight_decay, fused=True, capturable=capturable)
+
+
+class Optimizers:
+    """Several optimizers over disjoint parameters, stepped as one."""
+
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return [g for opt in self.optimizers for g in opt.param_groups]
+
+    def step(self) -> None:
+        for opt in self.optimizers:
+            opt.step()
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=set_to_none)
 
 
 def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
@@ -115,6 +159,36 @@ def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
     decay = [p for p in params if id(p) in decayed]
     rest = [p for p in params if id(p) not in decayed]
     return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
+
+
+# ---------------------------------------------------------------------- memory
+GIB = 2**30
+CUDA_OVERHEAD_BYTES = GIB      # CUDA context, cuBLAS workspaces and allocator slack, per process
+
+
+def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device, precision: str) -> int:
+    """The peak device memory of a training run, from its config alone, before anything is
+    allocated: weights, grads and optimizer state; what autograd saves per token and layer;
+    the logits and their fp32 loss; the scoring window's own pool. Deliberately on the high
+    side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
+    it beside the measured peak."""
+    with torch.device("meta"):                         # shapes only: nothing is allocated
+        model = GPT(cfg, vocab_size)
+    act = 2 if precision == "bf16" else 4              # bytes per activation element
+    state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
+    per_param = 4 + 4 + state + (2 if precision == "bf16" else 0)   # weight, grad, state, saved bf16 cast
+    d, hidden = cfg.d_model, model.blocks[0].mlp.up.out_features
+    mlp_saved = (5 if cfg.mlp == "swiglu" else 3) * hidden
+    attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0) + (2 if cfg.qk_norm else 0)) * d
+    # per token and layer: the fp32 residual stream at both norms, the block's intermediates,
+    # the dropout masks
+    per_token_layer = 8 * d + act * (attn_saved + mlp_saved) + (2 * d if cfg.dropout > 0 else 0)
+    train_tokens = cfg.batch_size * cfg.block_size
+    logits = train_tokens * vocab_size * (2 * act + 8)   # logits and their grad, fp32 copy and log-softmax
+    scoring = cfg.eval_batch_size * cfg.eval_block_size * vocab_size * (act + 8)
+    overhead = CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0
+    return (model.num_params() * per_param + cfg.n_layer * train_tokens * per_token_layer
+            + logits + scoring + overhead)
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
@@ -334,6 +408,7 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     model = GPT(cfg, data.vocab_size).to(dev)
+    compile_model(model, cfg.compile)
     result = RunResult(val_loss=float("nan"), max_steps=max_steps, n_params=model.num_params(),
                        prep_seconds=data.prep_seconds, device=str(dev), precision=precision)
     runlog.log("model_info", parameters_count=result.n_params)

@@ -256,6 +256,52 @@ def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, ti
     assert "FAILED (CUDA out of memory" in capsys.readouterr().out
 
 
+def test_a_trial_that_would_not_fit_is_refused_before_it_starts(tmp_path, titles_file):
+    """On the smoke space (fp32, CPU) the estimate is ~2.0-2.2 MiB at d_model 16 and ~2.5-2.9 MiB
+    at d_model 32: a 2.3 MiB budget refuses every d_model-32 trial, the enqueued one first."""
+    budget_gib = 2.3 / 1024
+    proc = search(tmp_path, "--trials", "3", "--dataset", str(titles_file), "--study", "m", "--seed", "1",
+                  "--memory-budget", str(budget_gib))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(tmp_path, "m")
+    refused = study.get_trials(states=(TrialState.FAIL,))
+    assert refused and refused[0].number == 0                       # the enqueued d_model-32 trial
+    for t in refused:
+        assert t.user_attrs["refused"] is True and t.params["d_model"] == 32
+        assert t.user_attrs["fail_reason"].startswith("does not fit: needs ~")
+        assert "--memory-budget" in t.user_attrs["fail_reason"]
+        assert "train_seconds" not in t.user_attrs                  # nothing ran
+    assert len(finished(study)) == 3
+    for t in finished(study):
+        assert t.params["d_model"] == 16
+        assert t.user_attrs["memory_estimate_mb"] <= budget_gib * 1024
+    assert "FAILED (does not fit" in proc.stdout
+
+
+def test_a_space_where_nothing_fits_stops_with_a_clear_message(tmp_path, titles_file):
+    proc = search(tmp_path, "--trials", "2", "--dataset", str(titles_file), "--study", "z",
+                  "--memory-budget", "1e-6")
+    assert proc.returncode == 1
+    assert "did not fit in memory" in proc.stdout and "--memory-budget" in proc.stdout
+    study = load(tmp_path, "z")
+    assert not finished(study) and all(t.user_attrs.get("refused") for t in study.trials)
+    assert search(tmp_path, "--memory-budget", "0").returncode == 2
+
+
+def test_sampler_and_pruner_from_the_command_line(tmp_path, titles_file):
+    """The efficiency experiment's control arm: random search without pruning, same space file."""
+    args = ["--dataset", str(titles_file), "--study", "rand", "--trials", "3"]
+    proc = search(tmp_path, *args, "--sampler", "random", "--pruner", "none", space=aggressive_space(tmp_path))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(tmp_path, "rand")
+    assert study.user_attrs["sampler"] == "random" and study.user_attrs["pruner"] == "none"
+    assert len(study.get_trials(states=(TrialState.COMPLETE,))) == 3        # the aggressive pruner is off
+    # the policy is part of the study's identity, like the space itself
+    proc = search(tmp_path, *args, space=aggressive_space(tmp_path))
+    assert proc.returncode == 2 and "different search space" in proc.stderr
+    assert search(tmp_path, *args, "--sampler", "nope").returncode == 2
+
+
 # ---------------------------------------------------------------------- bad inputs: exit 2, nothing written
 def test_bad_datasets_exit_2_before_anything_is_written(tmp_path):
     few = tmp_path / "few.txt"

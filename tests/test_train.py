@@ -531,3 +531,118 @@ def test_decay_all_false_spares_norms_biases_and_embeddings():
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
     default = train_mod.param_groups(RunConfig.from_dict(TINY), model)
     assert len(default) == 1                           # the baseline decays everything
+
+
+# ---------------------------------------------------------------------- muon
+@pytest.mark.parametrize("decay_all", [True, False])
+def test_muon_takes_the_block_matrices_and_adamw_the_rest(decay_all):
+    cfg = tiny(optimizer="muon", weight_decay=0.1, decay_all=decay_all, tie_embeddings=False)
+    model = GPT(cfg, V)
+    opt = train_mod.make_optimizer(cfg, model, torch.device("cpu"))
+    muon, adamw = opt.optimizers
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    in_muon = [p for g in muon.param_groups for p in g["params"]]
+    in_adamw = [p for g in adamw.param_groups for p in g["params"]]
+    blocks_linear = [m.weight for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)]
+    assert {id(p) for p in in_muon} == {id(p) for p in blocks_linear}
+    assert all(p.ndim == 2 for p in in_muon)
+    everything = {id(p) for p in model.parameters()}
+    assert len(in_muon) + len(in_adamw) == len(everything)               # each parameter exactly once
+    assert {id(p) for p in in_muon} | {id(p) for p in in_adamw} == everything
+    assert id(model.token_emb.weight) in {id(p) for p in in_adamw}      # embeddings and head stay on AdamW
+    assert id(model.head.weight) in {id(p) for p in in_adamw}
+    decays = {id(p): g["weight_decay"] for g in adamw.param_groups for p in g["params"]}
+    assert decays[id(model.token_emb.weight)] == (0.1 if decay_all else 0.0)
+    assert decays[id(model.head.weight)] == 0.1                          # a matrix: decayed either way
+    assert muon.param_groups[0]["weight_decay"] == 0.1
+    train_mod.set_lr(opt, 0.5)
+    assert muon.param_groups[0]["lr"] == 0.5 and not isinstance(muon.param_groups[0]["lr"], torch.Tensor)
+    assert all(float(g["lr"]) == 0.5 for g in adamw.param_groups)
+
+
+def test_a_muon_run_learns_and_moves_every_parameter(tiny_data):
+    cfg, data = tiny_data
+    cfg = cfg.replace(optimizer="muon", lr=3e-3, weight_decay=0.01, schedule="warmup_cosine", warmup_steps=10)
+    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    assert result.diverged is None and result.steps == result.max_steps
+    assert result.curve[-1][1] < 0.75 * result.curve[0][1]             # it learned, clearly
+    model = GPT(cfg, data.vocab_size)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    step = train_mod.TrainStep(model, train_mod.make_optimizer(cfg, model, torch.device("cpu")), cfg,
+                               torch.device("cpu"), "fp32")
+    ids = torch.as_tensor(data.train_ids[:cfg.batch_size * cfg.block_size + 1], dtype=torch.long)
+    step(ids[:-1].view(cfg.batch_size, cfg.block_size), ids[1:].view(cfg.batch_size, cfg.block_size))
+    moved = [n for n, p in model.named_parameters() if not torch.equal(p, before[n])]
+    assert sorted(moved) == sorted(before)
+
+
+# ---------------------------------------------------------------------- the memory estimate
+MEM_BASE = {"mainrun_rules": False, "d_model": 128, "n_head": 4, "n_layer": 2, "batch_size": 16, "block_size": 64,
+            "eval_batch_size": 16, "eval_block_size": 64}
+
+
+def measured_peak_bytes(cfg: RunConfig, vocab: int, precision: str) -> int:
+    """The peak memory of two real training steps on the CPU, tracked tensor by tensor."""
+    from torch.distributed._tools.mem_tracker import MemTracker
+    model = GPT(cfg, vocab)
+    opt = train_mod.make_optimizer(cfg, model, torch.device("cpu"))
+    tracker = MemTracker()
+    tracker.track_external(model, *getattr(opt, "optimizers", [opt]))
+    x = torch.randint(0, vocab, (cfg.batch_size, cfg.block_size))
+    with tracker:
+        step = train_mod.TrainStep(model, opt, cfg, torch.device("cpu"), precision)
+        step(x, x)                                     # the second step also holds the optimizer state
+        tracker.reset_mod_stats()
+        step(x, x)
+    return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
+
+
+@pytest.mark.parametrize("changes, vocab, precision", [
+    ({}, 2000, "fp32"),
+    ({"n_layer": 6}, 2000, "bf16"),
+    ({"mlp": "swiglu", "pos_emb": "rope", "qk_norm": True, "dropout": 0.0}, 8000, "bf16"),
+    ({"mlp": "relu2", "optimizer": "sgd", "momentum": 0.9}, 8000, "fp32"),
+    ({"optimizer": "muon", "n_layer": 4}, 2000, "bf16"),
+])
+def test_the_memory_estimate_is_above_the_measured_peak_but_not_far(changes, vocab, precision):
+    cfg = RunConfig.from_dict({**MEM_BASE, "optimizer": "adamw", "vocab_size": vocab, **changes})
+    estimate = train_mod.estimate_memory_bytes(cfg, vocab, torch.device("cpu"), precision)
+    peak = measured_peak_bytes(cfg, vocab, precision)
+    assert peak <= estimate <= 1.8 * peak
+
+
+def test_the_memory_estimate_grows_with_what_costs_memory():
+    cfg = RunConfig.from_dict({**MEM_BASE, "optimizer": "adamw"})
+
+    def estimate(device="cpu", precision="fp32", **changes):
+        return train_mod.estimate_memory_bytes(cfg.replace(**changes), 2000, torch.device(device), precision)
+
+    base = estimate()
+    for changes in ({"batch_size": 32}, {"block_size": 128}, {"n_layer": 4}, {"d_model": 256}, {"mlp_ratio": 8.0}):
+        assert estimate(**changes) > base, changes
+    assert estimate(precision="bf16") < base
+    assert estimate(optimizer="sgd") < base
+    assert estimate("cuda") == base + train_mod.CUDA_OVERHEAD_BYTES   # the context, on a GPU only
+
+
+# ---------------------------------------------------------------------- torch.compile
+def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch):
+    """Regional compilation (each block) of a real run on the CPU, evaluation included: the
+    same curve as eager, up to the reordering of floating-point sums. A second trial of the
+    same shape in a fresh compile context loads inductor's compiled graphs from disk."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg, data = tiny_data
+    cfg = cfg.replace(n_layer=2, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3)
+    eager = train(cfg, data, device="cpu", progress=False, echo=None)
+    torch._dynamo.reset()
+    counters.clear()
+    compiled = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
+    assert [s for s, _ in compiled.curve] == [s for s, _ in eager.curve]
+    assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=1e-3)
+    assert counters["inductor"]["fxgraph_cache_miss"] > 0 and any((tmp_path / "inductor").iterdir())
+    torch._dynamo.reset()                               # as in a new worker process
+    counters.clear()
+    again = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
+    assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
+    assert again.curve == compiled.curve                # the same compiled code

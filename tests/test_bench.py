@@ -1,0 +1,44 @@
+"""python -m mainrun.bench on the CPU: its rows are real runs and real searches. Nothing here
+asserts a time; the benchmark is for the GPU."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import yaml
+
+from helpers import SPACES, TINY
+
+
+def bench(tmp_path, *args: str) -> tuple[list[dict], str]:
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", *args, "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout
+
+
+def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_file):
+    base = tmp_path / "tiny.yaml"
+    base.write_text(yaml.safe_dump(TINY))
+    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--base", str(base), "--ablate", "mlp=swiglu")
+    assert [r["run"] for r in rows] == ["base", "mlp=swiglu"]
+    for r in rows:
+        assert 0 < r["val_loss"] < 10 and r["steps"] == 7 * r["steps_per_epoch"]
+        assert r["train_s"] > 0 and r["tokens_per_s"] > 0 and r["tflops"] > 0
+        assert r["est_mem_mb"] > 0 and r["gpu"] == "cpu"
+    assert rows[1]["params"] > rows[0]["params"]          # at this width swiglu rounds its branches up to 64
+    assert "est MiB" in stdout and "mlp=swiglu" in stdout
+
+
+def test_search_mode_reports_throughput_per_worker_count(tmp_path, titles_file):
+    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"),
+                         "--trials", "2", "--jobs", "1,2", "--pruner", "none")
+    assert [r["jobs"] for r in rows] == [1, 2]
+    for r in rows:
+        assert r["exit_code"] == 0 and r["finished"] == 2 and r["pruned"] == 0 and r["failed"] == 0
+        assert r["device_s"] > 0
+        # no pruning: every finished trial is one full run
+        assert abs(r["full_runs_per_hour"] - r["trials_per_hour"]) < 1e-6 * r["trials_per_hour"]
+    assert "trials/h" in stdout and "full runs/h" in stdout
