@@ -11,6 +11,7 @@ import contextlib
 import gc
 import hashlib
 import itertools
+import logging
 import multiprocessing
 import os
 import signal
@@ -58,6 +59,15 @@ class TrialFailed(Exception):
 
 class TrialRefused(TrialFailed):
     """The trial's config would not fit in the memory a trial may use; refused before it starts."""
+
+
+def _not_an_expected_failure(record: logging.LogRecord) -> bool:
+    # Optuna logs each caught trial exception with its traceback. A TrialFailed is expected: its
+    # reason is recorded as fail_reason and printed on the trial's line already.
+    return not (record.exc_info and isinstance(record.exc_info[1], TrialFailed))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(_not_an_expected_failure)
 
 
 class WorkerBroken(Exception):
@@ -291,13 +301,17 @@ def memory_budget(ctx: WorkerContext) -> tuple[int, str] | None:
     CPU, unless --memory-budget is given)."""
     import torch
     if ctx.memory_budget_gib is not None:
-        return int(ctx.memory_budget_gib * GIB), f"--memory-budget is {ctx.memory_budget_gib:g} GiB per trial"
+        budget = int(ctx.memory_budget_gib * GIB)
+        return budget, f"--memory-budget is {_size(budget)} per trial"
     if not ctx.device.startswith("cuda"):
         return None
     props = torch.cuda.get_device_properties(torch.device(ctx.device))
     share = props.total_memory // ctx.workers_on_device
-    return share, (f"{props.name} has {props.total_memory / GIB:.1f} GiB for {ctx.workers_on_device} "
-                   f"worker(s), {share / GIB:.1f} GiB each")
+    return share, f"{props.name} has {_size(props.total_memory)} for {ctx.workers_on_device} worker(s), {_size(share)} each"
+
+
+def _size(n_bytes: float) -> str:
+    return f"{n_bytes / GIB:.1f} GiB" if n_bytes >= GIB else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerContext, admission):
@@ -313,7 +327,7 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         need = estimate_memory_bytes(cfg, data.vocab_size, device, resolve_precision(cfg, device))
         trial.set_user_attr("memory_estimate_mb", round(need / 2**20))
         if budget is not None and need > budget[0]:
-            reason = f"does not fit: needs ~{need / GIB:.2f} GiB by estimate; {budget[1]}"
+            reason = f"does not fit: needs ~{_size(need)} by estimate; {budget[1]}"
             trial.set_user_attr("fail_reason", reason)
             trial.set_user_attr("refused", True)
             raise TrialRefused(reason)

@@ -275,7 +275,8 @@ def test_a_trial_that_would_not_fit_is_refused_before_it_starts(tmp_path, titles
     for t in finished(study):
         assert t.params["d_model"] == 16
         assert t.user_attrs["memory_estimate_mb"] <= budget_gib * 1024
-    assert "FAILED (does not fit" in proc.stdout
+    assert "FAILED (does not fit: needs ~2." in proc.stdout and "MiB by estimate" in proc.stdout
+    assert "Traceback" not in proc.stdout + proc.stderr          # an expected failure, said once, plainly
 
 
 def test_a_space_where_nothing_fits_stops_with_a_clear_message(tmp_path, titles_file):
