@@ -372,6 +372,13 @@ class TrainStep:
         return self._forward_backward_update()
 
 
+def capture_verified(cfg: RunConfig) -> bool:
+    """Whether whole-step CUDA-graph capture has been verified on a GPU for this optimizer:
+    fused AdamW, and fused SGD without momentum (the baseline). SGD with momentum is not
+    verified yet and Muon's lr is a Python number that a graph would freeze: both run eagerly."""
+    return cfg.optimizer == "adamw" or (cfg.optimizer == "sgd" and cfg.momentum == 0)
+
+
 # ---------------------------------------------------------------------- the loop
 def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
           on_eval: EvalCallback | None = None, log_path: str | Path | None = None,
@@ -413,10 +420,7 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
                        prep_seconds=data.prep_seconds, device=str(dev), precision=precision)
     runlog.log("model_info", parameters_count=result.n_params)
     t0 = time.perf_counter()                          # training time includes the graph capture
-    # CUDA-graph capture is verified on an H100 for AdamW only; SGD runs eagerly for now
-    # (foreach SGD with a tensor lr broke the capture there; fused SGD captured at momentum 0,
-    # momentum > 0 is not verified yet).
-    graph = cfg.cuda_graph and dev.type == "cuda" and cfg.optimizer == "adamw"
+    graph = cfg.cuda_graph and dev.type == "cuda" and capture_verified(cfg)
     opt = make_optimizer(cfg, model, dev, capturable=graph)
     # The capture here (or, eagerly, the first step) allocates almost all the memory the run
     # needs: a config that does not fit fails at once with OutOfMemoryError, not halfway.

@@ -30,6 +30,12 @@ def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_fi
         assert r["est_mem_mb"] > 0 and r["gpu"] == "cpu"
     assert rows[1]["params"] > rows[0]["params"]          # at this width swiglu rounds its branches up to 64
     assert "est MiB" in stdout and "mlp=swiglu" in stdout
+    # the same runs two at a time, each in its own process: the same val losses
+    parallel, _ = bench(tmp_path, "--dataset", str(titles_file), "--base", str(base), "--ablate", "mlp=swiglu",
+                        "--parallel", "2")
+    assert [r["run"] for r in parallel] == ["base", "mlp=swiglu"]
+    assert [r["val_loss"] for r in parallel] == [r["val_loss"] for r in rows]
+    assert [r["sharing_device_with"] for r in parallel] == [1, 1]
 
 
 def test_search_mode_reports_throughput_per_worker_count(tmp_path, titles_file):

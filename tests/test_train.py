@@ -646,3 +646,10 @@ def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_
     again = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
     assert again.curve == compiled.curve                # the same compiled code
+
+
+def test_whole_step_capture_only_where_it_was_verified_on_a_gpu():
+    assert train_mod.capture_verified(tiny(optimizer="adamw"))
+    assert train_mod.capture_verified(tiny(optimizer="sgd", momentum=0.0))           # the baseline
+    assert not train_mod.capture_verified(tiny(optimizer="sgd", momentum=0.9))
+    assert not train_mod.capture_verified(tiny(optimizer="muon"))
