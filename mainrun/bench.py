@@ -123,14 +123,14 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
             rows.append(measure(name, cfg, device, cache_dir))
             print(json.dumps(rows[-1]), flush=True)
         return rows
-    done = {}
+    done: dict[int, dict] = {}
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=parallel, mp_context=spawn) as pool:
-        futures = {pool.submit(measure, name, cfg, device, cache_dir, parallel): name for name, cfg in runs}
+        futures = {pool.submit(measure, name, cfg, device, cache_dir, parallel): i for i, (name, cfg) in enumerate(runs)}
         for future in as_completed(futures):
             done[futures[future]] = future.result()
             print(json.dumps(done[futures[future]]), flush=True)
-    return [done[name] for name, _ in runs]
+    return [done[i] for i in range(len(runs))]
 
 
 def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1) -> dict:
