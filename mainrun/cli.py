@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 
 EXIT_USAGE = 2
 
 
-def _fail(message: str) -> "NoReturn":  # noqa: F821
+def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
 
@@ -203,7 +204,8 @@ def report_main(argv: list[str] | None = None) -> int:
     if args.compare is not None and len(args.compare) < 2:
         parser.error("--compare needs at least 2 study names")
 
-    from .report import build_comparison, build_report
+    from .compare import build_comparison
+    from .report import build_report
     from .search import SearchError
     try:
         if args.compare:

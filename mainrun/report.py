@@ -5,11 +5,6 @@ The plots are Optuna's own (``optuna.visualization`` for the page, ``optuna.visu
 for the PNGs); this module only restyles them (the baseline and the best trial highlighted, pruned
 trials dotted and grey) and adds what Optuna does not draw: the best config, a table of the top
 trials and the study's totals, including an estimate of the GPU time that pruning saved.
-
-`build_comparison` compares several studies' search efficiency on one page (compare.html and
-compare.png): the best value so far against the device-seconds spent, the best each study had
-reached at an equal budget (the smallest total any of them spent), the time pruning saved, and a
-verdict in words. `compare_studies` computes those numbers; the page and the PNG only show them.
 """
 from __future__ import annotations
 
@@ -68,18 +63,18 @@ def compute_totals(trials: list[FrozenTrial]) -> Totals:
         counts[t.state.name.lower()] += 1
     totals = Totals(counts=counts)
     for t in trials:
-        totals.train_seconds += _num(t.user_attrs.get("train_seconds"))
-        totals.prep_seconds += _num(t.user_attrs.get("prep_seconds"))
+        totals.train_seconds += as_number(t.user_attrs.get("train_seconds"))
+        totals.prep_seconds += as_number(t.user_attrs.get("prep_seconds"))
     devices = sorted({str(t.user_attrs["device"]) for t in trials if "device" in t.user_attrs})
     totals.devices = devices
     kinds = {d.split(":")[0].split(" ")[0] for d in devices}
     totals.unit = "GPU-seconds" if kinds == {"cuda"} else "CPU-seconds" if kinds == {"cpu"} else "device-seconds"
 
-    complete = [t for t in trials if t.state == TrialState.COMPLETE and _num(t.user_attrs.get("steps")) > 0]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE and as_number(t.user_attrs.get("steps")) > 0]
     if complete:
         totals.full_steps = int(max(t.user_attrs["steps"] for t in complete))
         for t in trials:
-            steps, train = _num(t.user_attrs.get("steps")), _num(t.user_attrs.get("train_seconds"))
+            steps, train = as_number(t.user_attrs.get("steps")), as_number(t.user_attrs.get("train_seconds"))
             if t.state != TrialState.PRUNED or steps <= 0:
                 continue
             totals.pruned_seconds += train
@@ -112,7 +107,7 @@ def _shape(trial: FrozenTrial) -> tuple:
     return cfg.get("epochs"), cfg.get("batch_size"), cfg.get("block_size")
 
 
-def _num(value: Any) -> float:
+def as_number(value: Any) -> float:
     try:
         value = float(value)
     except (TypeError, ValueError):
@@ -338,7 +333,7 @@ footer { margin-top: 3rem; color: #777; font-size: .85rem; }
 """
 
 
-def _e(value: Any) -> str:
+def escape(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
@@ -364,7 +359,7 @@ def _seconds(seconds: float) -> str:
     return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
 
 
-def _plot_div(fig, div_id: str) -> str:
+def plot_div(fig, div_id: str) -> str:
     import plotly.io as pio
     return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, default_height=PLOT_HEIGHT,
                        config={"displaylogo": False, "responsive": True})
@@ -378,14 +373,14 @@ def _trial_row(rank: int | str, t: FrozenTrial, columns: list[str], best, baseli
     if best is not None and t.number == best.number:
         label = ("best, " + label) if label else "best"
     n_params = a.get("n_params")
-    cells = [f"<td>{_e(rank)}</td>", f"<td>{t.number}</td>",
-             f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td>", f"<td class='l'>{_e(label)}</td>",
-             f"<td>{_num(a.get('train_seconds')):.1f}</td>",
-             f"<td>{int(_num(a.get('tokens_per_second'))):,}</td>",
-             f"<td>{_num(a.get('peak_memory_mb')):,.0f}</td>",
+    cells = [f"<td>{escape(rank)}</td>", f"<td>{t.number}</td>",
+             f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td>", f"<td class='l'>{escape(label)}</td>",
+             f"<td>{as_number(a.get('train_seconds')):.1f}</td>",
+             f"<td>{int(as_number(a.get('tokens_per_second'))):,}</td>",
+             f"<td>{as_number(a.get('peak_memory_mb')):,.0f}</td>",
              f"<td>{_count(n_params)}</td>",
-             f"<td>{_e(a.get('steps', '–'))}</td>"]
-    cells += [f"<td>{_e(_fmt(params[c])) if c in params else '–'}</td>" for c in columns]
+             f"<td>{escape(a.get('steps', '–'))}</td>"]
+    cells += [f"<td>{escape(_fmt(params[c])) if c in params else '–'}</td>" for c in columns]
     return f"<tr class='{cls}'>" + "".join(cells) + "</tr>"
 
 
@@ -408,9 +403,9 @@ def top_trials_table(trials: list[FrozenTrial], direction: optuna.study.StudyDir
         for name in display_params(t):
             if name not in columns:
                 columns.append(name)
-    head = ("<tr><th>rank</th><th>trial</th><th>" + _e(METRIC) + "</th><th class='l'>label</th>"
+    head = ("<tr><th>rank</th><th>trial</th><th>" + escape(METRIC) + "</th><th class='l'>label</th>"
             "<th>train s</th><th>tokens/s</th><th>peak MiB</th><th>model params</th><th>steps</th>"
-            + "".join(f"<th>{_e(c)}</th>" for c in columns) + "</tr>")
+            + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>")
     rows = "".join(_trial_row(rank, t, columns, best, baseline) for rank, t in shown_rows)
     return f"<div class='scroll'><table>{head}{rows}</table></div>"
 
@@ -424,9 +419,9 @@ def all_trials_table(trials: list[FrozenTrial]) -> str:
         reason = a.get("prune_reason") or a.get("fail_reason") or ""
         rows.append(f"<tr class='{t.state.name.lower()}'><td>{t.number}</td><td class='l'>{t.state.name.lower()}</td>"
                     f"<td>{'' if value is None else f'{value:.4f}'}</td><td>{len(t.intermediate_values)}</td>"
-                    f"<td>{_e(a.get('steps', '–'))}</td><td>{_num(a.get('train_seconds')):.1f}</td>"
-                    f"<td class='l'>{_e(a.get('enqueued_as', ''))}</td><td class='l'>{_e(reason)}</td></tr>")
-    head = ("<tr><th>trial</th><th class='l'>state</th><th>" + _e(METRIC) + " (last)</th><th>evaluations</th>"
+                    f"<td>{escape(a.get('steps', '–'))}</td><td>{as_number(a.get('train_seconds')):.1f}</td>"
+                    f"<td class='l'>{escape(a.get('enqueued_as', ''))}</td><td class='l'>{escape(reason)}</td></tr>")
+    head = ("<tr><th>trial</th><th class='l'>state</th><th>" + escape(METRIC) + " (last)</th><th>evaluations</th>"
             "<th>steps</th><th>train s</th><th class='l'>enqueued as</th><th class='l'>prune / fail reason</th></tr>")
     return f"<div class='scroll'><table>{head}{''.join(rows)}</table></div>"
 
@@ -446,7 +441,7 @@ def totals_cards(totals: Totals, best, baseline) -> str:
     cards.append((f"{u} saved by pruning (estimate)", f"{totals.saved_seconds:,.0f}"))
     if totals.wall_seconds is not None:
         cards.append(("wall clock, first start to last finish", _seconds(totals.wall_seconds)))
-    body = "".join(f"<div class='card'><div class='v'>{_e(v)}</div><div class='k'>{_e(k)}</div></div>"
+    body = "".join(f"<div class='card'><div class='v'>{escape(v)}</div><div class='k'>{escape(k)}</div></div>"
                    for k, v in cards)
     lines = [f"Spent: {totals.spent_seconds:,.0f} {u} = {totals.train_seconds:,.0f} s training + "
              f"{totals.prep_seconds:,.0f} s data preparation, summed over all trials "
@@ -460,14 +455,14 @@ def totals_cards(totals: Totals, best, baseline) -> str:
             f"most steps of a complete trial ({totals.full_steps:,} here; scaled by batch and block size for a "
             f"trial whose batch or block size differs). The pruned trials trained for "
             f"{totals.pruned_seconds:,.0f} s of the ~{would:,.0f} s full runs would have taken "
-            f"({_pct(totals.saved_seconds, would)} saved); without pruning the whole search would have needed "
-            f"~{whole:,.0f} {u}; pruning saved {_pct(totals.saved_seconds, whole)} of that.")
+            f"({percent(totals.saved_seconds, would)} saved); without pruning the whole search would have needed "
+            f"~{whole:,.0f} {u}; pruning saved {percent(totals.saved_seconds, whole)} of that.")
     else:
         lines.append("No complete trial records its steps, so the time saved by pruning cannot be estimated.")
     return f"<div class='cards'>{body}</div>" + "".join(f"<p>{line}</p>" for line in lines)
 
 
-def _pct(part: float, whole: float) -> str:
+def percent(part: float, whole: float) -> str:
     return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
 
 
@@ -493,25 +488,25 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         if n_complete:
-            plots.append(("Optimisation history", _plot_div(history_figure(study, baseline, target_name),
+            plots.append(("Optimisation history", plot_div(history_figure(study, baseline, target_name),
                                                             "plot-history"), None))
         else:
             plots.append(("Optimisation history", "", "No complete trial yet."))
         if any(t.intermediate_values for t in trials):
-            plots.append(("Intermediate validation loss", _plot_div(
+            plots.append(("Intermediate validation loss", plot_div(
                 intermediate_figure(study, by_number, best, baseline), "plot-intermediate"),
                 "Every trial's reported val_loss by evaluation. Pruned trials are dotted grey and end where "
                 "the pruner stopped them; the baseline (orange) and the best trial (red) are drawn thick."))
         else:
             plots.append(("Intermediate validation loss", "", "No trial reported intermediate values."))
         fig, why_not = importance_figures(study, n_complete, target_name)
-        plots.append(("Parameter importances (PED-ANOVA)", _plot_div(fig, "plot-importance") if fig else "",
+        plots.append(("Parameter importances (PED-ANOVA)", plot_div(fig, "plot-importance") if fig else "",
                       why_not or "optuna.importance.PedAnovaImportanceEvaluator over the complete trials: how much "
                                  "each parameter's distribution differs between the top 10% and all trials."))
         if n_complete:
             import optuna.visualization as vis
             try:
-                div, note = _plot_div(vis.plot_parallel_coordinate(study, target_name=target_name), "plot-parallel"), \
+                div, note = plot_div(vis.plot_parallel_coordinate(study, target_name=target_name), "plot-parallel"), \
                     "Complete trials; an ordered-values parameter (name_index) is shown as its index."
             except Exception as e:  # e.g. no parameters at all
                 div, note = "", f"The parallel-coordinates plot could not be drawn: {type(e).__name__}: {e}"
@@ -520,9 +515,9 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
 
     attrs = study.user_attrs
     storage_flag = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact(storage_url)}'"
-    header = (f"<h1>Study <code>{_e(study.study_name)}</code></h1>"
-              f"<p class='sub'>{_e(redact(storage_url))} · space {_e(attrs.get('space_file', '?'))} · dataset "
-              f"{_e(attrs.get('dataset', '?'))} · metric {_e(target_name)} ({study.direction.name.lower()})</p>")
+    header = (f"<h1>Study <code>{escape(study.study_name)}</code></h1>"
+              f"<p class='sub'>{escape(redact(storage_url))} · space {escape(attrs.get('space_file', '?'))} · dataset "
+              f"{escape(attrs.get('dataset', '?'))} · metric {escape(target_name)} ({study.direction.name.lower()})</p>")
     sections.append("<h2>Totals</h2>" + totals_cards(totals, best, baseline))
 
     if best is not None:
@@ -533,15 +528,15 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
             text = (f"# best trial {best.number} of study '{study.study_name}': {target_name} {best.value:.6f}\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
             sections.append(f"<h2>Best config (trial {best.number}, {target_name} {best.value:.6f})</h2>"
-                            f"<pre id='best-config'>{_e(text)}</pre>"
-                            f"<p>Export and train it: <code>{_e(export)}</code></p>")
+                            f"<pre id='best-config'>{escape(text)}</pre>"
+                            f"<p>Export and train it: <code>{escape(export)}</code></p>")
         else:
             sections.append(f"<h2>Best trial {best.number}</h2><p class='note'>It recorded no config.</p>")
     else:
         sections.append("<h2>Best config</h2><p class='note'>No complete trial yet.</p>")
 
     for title, div, note in plots:
-        sections.append(f"<h2>{_e(title)}</h2>" + (f"<p{'' if div else ' class=note'}>{_e(note)}</p>" if note else "")
+        sections.append(f"<h2>{escape(title)}</h2>" + (f"<p{'' if div else ' class=note'}>{escape(note)}</p>" if note else "")
                         + (f"<div class='plot'>{div}</div>" if div else ""))
 
     baseline_below = baseline is not None and \
@@ -553,7 +548,7 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     sections.append(f"<h2>All trials</h2><details><summary>{len(trials)} trials</summary>"
                     f"{all_trials_table(trials)}</details>")
     if pngs:
-        links = " · ".join(f"<a href='{_e(p.name)}'>{_e(p.name)}</a>" for p in pngs)
+        links = " · ".join(f"<a href='{escape(p.name)}'>{escape(p.name)}</a>" for p in pngs)
         sections.append(f"<p>PNG copies (matplotlib): {links}</p>")
 
     index = out / "index.html"
@@ -577,361 +572,11 @@ def html_page(title: str, body: str) -> str:
     now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
             "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{_e(title)}</title><style>{CSS}</style>"
+            f"<title>{escape(title)}</title><style>{CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             + body
-            + f"<footer>Made by mainrun-report (mainrun {_e(version())}, optuna {_e(optuna.__version__)}) on {now}. "
+            + f"<footer>Made by mainrun-report (mainrun {escape(version())}, optuna {escape(optuna.__version__)}) on {now}. "
               "This page needs no network.</footer></body></html>\n")
 
 
-
-# ---------------------------------------------------------------------- comparing studies
-# "Reached the best": within this much of the best value any compared study found.
-REACH_TOLERANCE = 0.01
-# The issue's goal for pruning: save at least this share of the device time, with no worse best.
-PRUNING_GOAL = 0.40
-# What a space file means when it names no sampler / pruner (space.parse_space's defaults).
-DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "median"
-
-
-@dataclass
-class StudyResult:
-    """One study's numbers in a comparison. `curve` has one point per finished trial, in order of
-    completion: (device-seconds spent so far, best complete value so far or None before the first)."""
-    name: str
-    sampler: str
-    pruner: str
-    counts: dict[str, int]
-    spent_seconds: float
-    saved_seconds: float
-    unit: str
-    untimed_trials: int
-    curve: list[tuple[float, float | None]]
-    best_value: float
-    unfinished_trials: int = 0           # running or waiting: left out
-    best_at_budget: float | None = None
-    seconds_to_target: float | None = None
-
-    @property
-    def label(self) -> str:
-        return f"{self.sampler}+{self.pruner} ({self.name})"
-
-    @property
-    def finished(self) -> int:
-        return self.counts["complete"] + self.counts["pruned"]
-
-    @property
-    def saved_fraction(self) -> float | None:
-        whole = self.spent_seconds + self.saved_seconds
-        return self.saved_seconds / whole if whole > 0 else None
-
-
-@dataclass
-class Comparison:
-    studies: list[StudyResult]
-    minimize: bool
-    budget_seconds: float                # the equal budget: the smallest total any study spent
-    target_value: float                  # the best value any study found
-    unit: str
-    metric: str = METRIC
-
-
-def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
-    """(sampler, pruner) names: the study's "sampler"/"pruner" user attrs, else the recorded space
-    file's `sampler: {name: ...}` / `pruner: {name: ...}` (defaults tpe / median), else "?"."""
-    space = _recorded_space(attrs.get("space_yaml"))
-    return (_policy_name(attrs.get("sampler"), space, "sampler", DEFAULT_SAMPLER),
-            _policy_name(attrs.get("pruner"), space, "pruner", DEFAULT_PRUNER))
-
-
-def _recorded_space(text: Any) -> dict | None:
-    if not isinstance(text, str):
-        return None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        return None
-    return data if isinstance(data, dict) else None
-
-
-def _policy_name(recorded: Any, space: dict | None, key: str, default: str) -> str:
-    if isinstance(recorded, dict):
-        recorded = recorded.get("name")
-    if isinstance(recorded, str) and recorded:
-        return recorded
-    if space is None:
-        return "?"
-    policy = space.get(key)
-    if policy is None:
-        return default
-    name = policy.get("name") if isinstance(policy, dict) else None
-    return name if isinstance(name, str) and name else "?"
-
-
-def device_seconds(trial: FrozenTrial) -> float:
-    return _num(trial.user_attrs.get("train_seconds")) + _num(trial.user_attrs.get("prep_seconds"))
-
-
-def is_untimed(trial: FrozenTrial) -> bool:
-    return not {"train_seconds", "prep_seconds"} <= trial.user_attrs.keys()
-
-
-def finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
-    """Trials that ended (complete, pruned or failed), in the order they ended: with several
-    workers that is not the order of their numbers."""
-    ended = [t for t in trials if t.datetime_complete is not None]
-    return sorted(ended, key=lambda t: (t.datetime_complete, t.number))
-
-
-def best_so_far_curve(trials: list[FrozenTrial], minimize: bool) -> list[tuple[float, float | None]]:
-    """(cumulative device-seconds, best complete value so far) after each finished trial. Pruned and
-    failed trials spend time but set no best: a pruned trial's last value is not a final value."""
-    curve: list[tuple[float, float | None]] = []
-    spent, best = 0.0, None
-    for t in finished_in_order(trials):
-        spent += device_seconds(t)
-        final = t.value if t.state == TrialState.COMPLETE else None
-        if final is not None and (best is None or _better(final, best, minimize)):
-            best = final
-        curve.append((spent, best))
-    return curve
-
-
-def _better(a: float, b: float, minimize: bool) -> bool:
-    return a < b if minimize else a > b
-
-
-def best_within(curve: list[tuple[float, float | None]], seconds: float) -> float | None:
-    """The best value a study had reached once it had spent no more than `seconds`."""
-    best = None
-    for spent, value in curve:
-        if spent > seconds:
-            break
-        best = value
-    return best
-
-
-def seconds_to_reach(curve: list[tuple[float, float | None]], target: float, minimize: bool,
-                     tolerance: float = REACH_TOLERANCE) -> float | None:
-    """Device-seconds until the best so far first came within `tolerance` of `target`; None: never."""
-    for spent, value in curve:
-        if value is not None and (value <= target + tolerance if minimize else value >= target - tolerance):
-            return spent
-    return None
-
-
-def summarize_study(name: str, trials: list[FrozenTrial], attrs: dict[str, Any], minimize: bool) -> StudyResult:
-    """A study's policy, counts, time spent and saved, and best-so-far curve (no budget yet)."""
-    finished = finished_in_order(trials)
-    curve = best_so_far_curve(finished, minimize)
-    if not curve or curve[-1][1] is None:
-        raise SearchError(f"study '{name}' has no complete trial; there is nothing to compare")
-    totals = compute_totals(finished)
-    sampler, pruner = study_policy(attrs)
-    return StudyResult(name=name, sampler=sampler, pruner=pruner, counts=totals.counts,
-                       spent_seconds=curve[-1][0], saved_seconds=totals.saved_seconds, unit=totals.unit,
-                       untimed_trials=sum(is_untimed(t) for t in finished), curve=curve, best_value=curve[-1][1],
-                       unfinished_trials=len(trials) - len(finished))
-
-
-def refuse_repeated_names(names: list[str]) -> None:
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
-        raise SearchError(f"study '{repeated[0]}' is named more than once in --compare")
-
-
-def compare_studies(studies: list[optuna.Study]) -> Comparison:
-    """The comparison's numbers. Pure: it reads only the studies' trials, user attrs and direction."""
-    refuse_repeated_names([s.study_name for s in studies])
-    if len(studies) < 2:
-        raise SearchError("a comparison needs at least 2 studies")
-    for s in studies:
-        if len(s.directions) != 1:
-            raise SearchError(f"study '{s.study_name}' has {len(s.directions)} objectives; "
-                              "only single-objective studies can be compared")
-    if len({s.direction for s in studies}) != 1:
-        raise SearchError("the studies do not all optimise in the same direction: "
-                          + ", ".join(f"'{s.study_name}' {s.direction.name.lower()}" for s in studies))
-    minimize = studies[0].direction == optuna.study.StudyDirection.MINIMIZE
-    results = [summarize_study(s.study_name, s.get_trials(deepcopy=False), s.user_attrs, minimize) for s in studies]
-    budget = min(r.spent_seconds for r in results)
-    target = (min if minimize else max)(r.best_value for r in results)
-    for r in results:
-        r.best_at_budget = best_within(r.curve, budget)
-        r.seconds_to_target = seconds_to_reach(r.curve, target, minimize)
-    units = {r.unit for r in results}
-    names = studies[0].metric_names
-    return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
-                      unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC)
-
-
-# ---------------------------------------------------------------------- the comparison in words
-def _amount(seconds: float) -> str:
-    return f"{seconds:,.1f}" if seconds < 100 else f"{seconds:,.0f}"
-
-
-def _value(value: float | None) -> str:
-    return "none yet" if value is None else f"{value:.4f}"
-
-
-def _leader_at_budget(cmp: Comparison) -> str:
-    reached = [r for r in cmp.studies if r.best_at_budget is not None]
-    top = (min if cmp.minimize else max)(r.best_at_budget for r in reached)
-    leaders = [r.label for r in reached if r.best_at_budget == top]
-    return f"{' and '.join(leaders)} {'tie' if len(leaders) > 1 else 'is ahead'}"
-
-
-def _pruning_sentences(cmp: Comparison) -> list[str]:
-    said = []
-    for r in cmp.studies:
-        if r.pruner == "none":
-            said.append(f"{r.label} does not prune.")
-        elif r.saved_seconds > 0:
-            said.append(f"Pruning saved {_pct(r.saved_seconds, r.spent_seconds + r.saved_seconds)} of "
-                        f"{r.label}'s device time (estimate: {_amount(r.saved_seconds)} of "
-                        f"{_amount(r.spent_seconds + r.saved_seconds)} {cmp.unit}).")
-        else:
-            said.append(f"{r.label} saved nothing by pruning ({r.counts['pruned']} pruned trials).")
-    return said
-
-
-def pruning_goal_sentence(cmp: Comparison) -> str | None:
-    """The issue's goal, checked for each study with a pruner against those without (pruner none):
-    at least PRUNING_GOAL of its device time saved, and a best at equal budget no worse."""
-    unpruned = [r for r in cmp.studies if r.pruner == "none"]
-    pruned = [r for r in cmp.studies if r.pruner != "none"]
-    if not unpruned or not pruned:
-        return None
-    rival = [r.best_at_budget for r in unpruned if r.best_at_budget is not None]
-    rival_best = (min if cmp.minimize else max)(rival) if rival else None
-    verdicts = []
-    for r in pruned:
-        saved_ok = (r.saved_fraction or 0.0) >= PRUNING_GOAL
-        best_ok = r.best_at_budget is not None and (rival_best is None or not _better(rival_best, r.best_at_budget,
-                                                                                         cmp.minimize))
-        missing = [why for ok, why in ((saved_ok, f"saved {_pct(r.saved_seconds, r.spent_seconds + r.saved_seconds)}"),
-                                       (best_ok, f"best at equal budget {_value(r.best_at_budget)} vs "
-                                                 f"{_value(rival_best)} without pruning")) if not ok]
-        verdicts.append(f"{r.label}: {'met' if saved_ok and best_ok else 'not met (' + '; '.join(missing) + ')'}")
-    return (f"The goal (pruning saves at least {PRUNING_GOAL:.0%} of the device time with a best no worse than "
-            f"without pruning, at equal budget): " + "; ".join(verdicts) + ".")
-
-
-def verdict(cmp: Comparison) -> str:
-    """One paragraph in plain words, computed from the numbers."""
-    sense = "lower" if cmp.minimize else "higher"
-    at_budget = ", ".join(f"{r.label} {_value(r.best_at_budget)}" for r in cmp.studies)
-    parts = [f"At equal budget ({_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
-             f"spent) the best {cmp.metric} reached was: {at_budget} ({sense} is better); "
-             f"{_leader_at_budget(cmp)}."]
-    parts += _pruning_sentences(cmp)
-    goal = pruning_goal_sentence(cmp)
-    if goal:
-        parts.append(goal)
-    return " ".join(parts)
-
-
-# ---------------------------------------------------------------------- the comparison drawn
-def _curve_xy(curve: list[tuple[float, float | None]]) -> tuple[list[float], list[float]]:
-    points = [(x, y) for x, y in curve if y is not None]
-    return [x for x, _ in points], [y for _, y in points]
-
-
-def comparison_figure(cmp: Comparison):
-    """plotly: each study's best-so-far against cumulative device-seconds, and the equal budget."""
-    import plotly.graph_objects as go
-
-    fig = go.Figure()
-    for r in cmp.studies:
-        xs, ys = _curve_xy(r.curve)
-        hover = f"{_e(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=r.label, hovertemplate=hover))
-    fig.add_vline(x=cmp.budget_seconds, line=dict(color="#555", dash="dash", width=1.5),
-                  annotation_text=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}",
-                  annotation_position="top right")
-    fig.update_layout(title="Best value so far against device time spent", xaxis_title=f"{cmp.unit} spent (cumulative)",
-                      yaxis_title=f"best {cmp.metric} so far",
-                      legend=dict(yanchor="bottom" if cmp.minimize else "top", y=0.01 if cmp.minimize else 0.99,
-                                  xanchor="left", x=0.01, bgcolor="rgba(255,255,255,0.8)"))
-    return fig
-
-
-def write_comparison_png(cmp: Comparison, path: Path) -> Path:
-    """The same plot with matplotlib (Agg backend)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10, 6))
-    for r in cmp.studies:
-        xs, ys = _curve_xy(r.curve)
-        ax.plot(xs, ys, drawstyle="steps-post", marker="o", markersize=3, label=r.label)
-    ax.axvline(cmp.budget_seconds, color="#555", linestyle="--", linewidth=1.2,
-               label=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}")
-    ax.set(title="Best value so far against device time spent", xlabel=f"{cmp.unit} spent (cumulative)",
-           ylabel=f"best {cmp.metric} so far")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=PNG_DPI)
-    plt.close(fig)
-    return path
-
-
-def comparison_table(cmp: Comparison) -> str:
-    u = cmp.unit
-    head = ("<tr><th class='l'>study</th><th class='l'>sampler</th><th class='l'>pruner</th><th>finished</th>"
-            f"<th>complete</th><th>pruned</th><th>failed</th><th>{u} spent</th><th>saved by pruning</th>"
-            f"<th>saved %</th><th>best</th><th>best at equal budget</th>"
-            f"<th>to within {REACH_TOLERANCE:g} of {cmp.target_value:.4f}</th></tr>")
-    rows = []
-    for r in cmp.studies:
-        c = r.counts
-        reach = "never" if r.seconds_to_target is None else _amount(r.seconds_to_target)
-        rows.append(f"<tr><td class='l'>{_e(r.name)}</td><td class='l'>{_e(r.sampler)}</td>"
-                    f"<td class='l'>{_e(r.pruner)}</td><td>{r.finished}</td><td>{c['complete']}</td>"
-                    f"<td>{c['pruned']}</td><td>{c['fail']}</td><td>{_amount(r.spent_seconds)}</td>"
-                    f"<td>{_amount(r.saved_seconds)}</td>"
-                    f"<td>{_pct(r.saved_seconds, r.spent_seconds + r.saved_seconds)}</td>"
-                    f"<td>{r.best_value:.4f}</td><td>{_value(r.best_at_budget)}</td><td>{reach}</td></tr>")
-    return f"<div class='scroll'><table id='comparison'>{head}{''.join(rows)}</table></div>"
-
-
-def comparison_notes(cmp: Comparison) -> str:
-    notes = [f"Times are in {cmp.unit}. A trial's device time is its <code>train_seconds + prep_seconds</code>; "
-             "trials are taken in the order they finished, and only complete trials can set a new best. Saved % is "
-             "the time saved by pruning over spent + saved; it is estimated as in the single-study report (each "
-             "pruned trial's training time scaled up to a full run). The last column is the time a study spent "
-             f"until its best came within {REACH_TOLERANCE:g} of the best value any compared study found."]
-    for r in cmp.studies:
-        if r.untimed_trials:
-            notes.append(f"{_e(r.label)}: {r.untimed_trials} finished trial(s) recorded no train_seconds or "
-                         "prep_seconds (a duplicate suggestion, a failure, an older mainrun); they count as 0.")
-        if r.unfinished_trials:
-            notes.append(f"{_e(r.label)}: {r.unfinished_trials} trial(s) had not finished yet and are left out.")
-        if "?" in (r.sampler, r.pruner):
-            notes.append(f"{_e(r.label)}: the study does not record its sampler or pruner.")
-    return "".join(f"<p>{n}</p>" for n in notes)
-
-
-def build_comparison(storage_url: str, study_names: list[str], out_dir: str | Path) -> Path:
-    """Write out_dir/compare.html and out_dir/compare.png comparing the studies; return the HTML path."""
-    refuse_repeated_names(study_names)
-    cmp = compare_studies([open_study_readonly(storage_url, name) for name in study_names])
-    out = output_folder(out_dir)
-    png = write_comparison_png(cmp, out / "compare.png")
-    names = ", ".join(r.name for r in cmp.studies)
-    body = (f"<h1>Search efficiency: {_e(names)}</h1>"
-            f"<p class='sub'>{_e(redact(storage_url))} · metric {_e(cmp.metric)} "
-            f"({'minimize' if cmp.minimize else 'maximize'})</p>"
-            f"<h2>Verdict</h2><p id='verdict'>{_e(verdict(cmp))}</p>"
-            "<h2>Best value against device time</h2>"
-            f"<div class='plot'>{_plot_div(comparison_figure(cmp), 'plot-compare')}</div>"
-            f"<h2>Numbers</h2>{comparison_table(cmp)}{comparison_notes(cmp)}"
-            f"<p>PNG copy (matplotlib): <a href='{_e(png.name)}'>{_e(png.name)}</a></p>")
-    page = out / "compare.html"
-    page.write_text(html_page(f"mainrun comparison: {names}", body), encoding="utf-8")
-    return page
-
-
-__all__ = ["build_comparison", "build_report", "compare_studies", "compute_totals", "open_study_readonly"]
+__all__ = ["build_report", "compute_totals", "html_page", "open_study_readonly", "output_folder"]

@@ -1,0 +1,367 @@
+"""mainrun-report --compare: the search efficiency of several studies on one page.
+
+compare.html (offline, like the study report) and compare.png show each study's best value so
+far against the device-seconds it spent, the best each had reached at an equal budget (the
+smallest total any of them spent), the time pruning saved, and a verdict in words.
+`compare_studies` computes those numbers; the page and the PNG only show them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+from optuna.trial import FrozenTrial, TrialState
+
+from .report import (PNG_DPI, as_number, compute_totals, escape, html_page, output_folder, percent, plot_div)
+from .search import METRIC, SearchError, open_study_readonly, redact
+
+
+# "Reached the best": within this much of the best value any compared study found.
+REACH_TOLERANCE = 0.01
+# The issue's goal for pruning: save at least this share of the device time, with no worse best.
+PRUNING_GOAL = 0.40
+# What a space file means when it names no sampler / pruner (space.parse_space's defaults).
+DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "median"
+
+
+@dataclass
+class StudyResult:
+    """One study's numbers in a comparison. `curve` has one point per finished trial, in order of
+    completion: (device-seconds spent so far, best complete value so far or None before the first)."""
+    name: str
+    sampler: str
+    pruner: str
+    counts: dict[str, int]
+    spent_seconds: float
+    saved_seconds: float
+    unit: str
+    untimed_trials: int
+    curve: list[tuple[float, float | None]]
+    best_value: float
+    unfinished_trials: int = 0           # running or waiting: left out
+    best_at_budget: float | None = None
+    seconds_to_target: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.sampler}+{self.pruner} ({self.name})"
+
+    @property
+    def finished(self) -> int:
+        return self.counts["complete"] + self.counts["pruned"]
+
+    @property
+    def saved_fraction(self) -> float | None:
+        whole = self.spent_seconds + self.saved_seconds
+        return self.saved_seconds / whole if whole > 0 else None
+
+
+@dataclass
+class Comparison:
+    studies: list[StudyResult]
+    minimize: bool
+    budget_seconds: float                # the equal budget: the smallest total any study spent
+    target_value: float                  # the best value any study found
+    unit: str
+    metric: str = METRIC
+
+
+def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
+    """(sampler, pruner) names: the study's "sampler"/"pruner" user attrs, else the recorded space
+    file's `sampler: {name: ...}` / `pruner: {name: ...}` (defaults tpe / median), else "?"."""
+    space = _recorded_space(attrs.get("space_yaml"))
+    return (_policy_name(attrs.get("sampler"), space, "sampler", DEFAULT_SAMPLER),
+            _policy_name(attrs.get("pruner"), space, "pruner", DEFAULT_PRUNER))
+
+
+def _recorded_space(text: Any) -> dict | None:
+    if not isinstance(text, str):
+        return None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _policy_name(recorded: Any, space: dict | None, key: str, default: str) -> str:
+    if isinstance(recorded, dict):
+        recorded = recorded.get("name")
+    if isinstance(recorded, str) and recorded:
+        return recorded
+    if space is None:
+        return "?"
+    policy = space.get(key)
+    if policy is None:
+        return default
+    name = policy.get("name") if isinstance(policy, dict) else None
+    return name if isinstance(name, str) and name else "?"
+
+
+def device_seconds(trial: FrozenTrial) -> float:
+    return as_number(trial.user_attrs.get("train_seconds")) + as_number(trial.user_attrs.get("prep_seconds"))
+
+
+def is_untimed(trial: FrozenTrial) -> bool:
+    return not {"train_seconds", "prep_seconds"} <= trial.user_attrs.keys()
+
+
+def finished_in_order(trials: list[FrozenTrial]) -> list[FrozenTrial]:
+    """Trials that ended (complete, pruned or failed), in the order they ended: with several
+    workers that is not the order of their numbers."""
+    ended = [t for t in trials if t.datetime_complete is not None]
+    return sorted(ended, key=lambda t: (t.datetime_complete, t.number))
+
+
+def best_so_far_curve(trials: list[FrozenTrial], minimize: bool) -> list[tuple[float, float | None]]:
+    """(cumulative device-seconds, best complete value so far) after each finished trial. Pruned and
+    failed trials spend time but set no best: a pruned trial's last value is not a final value."""
+    curve: list[tuple[float, float | None]] = []
+    spent, best = 0.0, None
+    for t in finished_in_order(trials):
+        spent += device_seconds(t)
+        final = t.value if t.state == TrialState.COMPLETE else None
+        if final is not None and (best is None or _better(final, best, minimize)):
+            best = final
+        curve.append((spent, best))
+    return curve
+
+
+def _better(a: float, b: float, minimize: bool) -> bool:
+    return a < b if minimize else a > b
+
+
+def best_within(curve: list[tuple[float, float | None]], seconds: float) -> float | None:
+    """The best value a study had reached once it had spent no more than `seconds`."""
+    best = None
+    for spent, value in curve:
+        if spent > seconds:
+            break
+        best = value
+    return best
+
+
+def seconds_to_reach(curve: list[tuple[float, float | None]], target: float, minimize: bool,
+                     tolerance: float = REACH_TOLERANCE) -> float | None:
+    """Device-seconds until the best so far first came within `tolerance` of `target`; None: never."""
+    for spent, value in curve:
+        if value is not None and (value <= target + tolerance if minimize else value >= target - tolerance):
+            return spent
+    return None
+
+
+def summarize_study(name: str, trials: list[FrozenTrial], attrs: dict[str, Any], minimize: bool) -> StudyResult:
+    """A study's policy, counts, time spent and saved, and best-so-far curve (no budget yet)."""
+    finished = finished_in_order(trials)
+    curve = best_so_far_curve(finished, minimize)
+    if not curve or curve[-1][1] is None:
+        raise SearchError(f"study '{name}' has no complete trial; there is nothing to compare")
+    totals = compute_totals(finished)
+    sampler, pruner = study_policy(attrs)
+    return StudyResult(name=name, sampler=sampler, pruner=pruner, counts=totals.counts,
+                       spent_seconds=curve[-1][0], saved_seconds=totals.saved_seconds, unit=totals.unit,
+                       untimed_trials=sum(is_untimed(t) for t in finished), curve=curve, best_value=curve[-1][1],
+                       unfinished_trials=len(trials) - len(finished))
+
+
+def refuse_repeated_names(names: list[str]) -> None:
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SearchError(f"study '{repeated[0]}' is named more than once in --compare")
+
+
+def compare_studies(studies: list[optuna.Study]) -> Comparison:
+    """The comparison's numbers. Pure: it reads only the studies' trials, user attrs and direction."""
+    refuse_repeated_names([s.study_name for s in studies])
+    if len(studies) < 2:
+        raise SearchError("a comparison needs at least 2 studies")
+    for s in studies:
+        if len(s.directions) != 1:
+            raise SearchError(f"study '{s.study_name}' has {len(s.directions)} objectives; "
+                              "only single-objective studies can be compared")
+    if len({s.direction for s in studies}) != 1:
+        raise SearchError("the studies do not all optimise in the same direction: "
+                          + ", ".join(f"'{s.study_name}' {s.direction.name.lower()}" for s in studies))
+    minimize = studies[0].direction == optuna.study.StudyDirection.MINIMIZE
+    results = [summarize_study(s.study_name, s.get_trials(deepcopy=False), s.user_attrs, minimize) for s in studies]
+    budget = min(r.spent_seconds for r in results)
+    target = (min if minimize else max)(r.best_value for r in results)
+    for r in results:
+        r.best_at_budget = best_within(r.curve, budget)
+        r.seconds_to_target = seconds_to_reach(r.curve, target, minimize)
+    units = {r.unit for r in results}
+    names = studies[0].metric_names
+    return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
+                      unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC)
+
+
+# ---------------------------------------------------------------------- the comparison in words
+def _amount(seconds: float) -> str:
+    return f"{seconds:,.1f}" if seconds < 100 else f"{seconds:,.0f}"
+
+
+def _value(value: float | None) -> str:
+    return "none yet" if value is None else f"{value:.4f}"
+
+
+def _leader_at_budget(cmp: Comparison) -> str:
+    reached = [r for r in cmp.studies if r.best_at_budget is not None]
+    top = (min if cmp.minimize else max)(r.best_at_budget for r in reached)
+    leaders = [r.label for r in reached if r.best_at_budget == top]
+    return f"{' and '.join(leaders)} {'tie' if len(leaders) > 1 else 'is ahead'}"
+
+
+def _pruning_sentences(cmp: Comparison) -> list[str]:
+    said = []
+    for r in cmp.studies:
+        if r.pruner == "none":
+            said.append(f"{r.label} does not prune.")
+        elif r.saved_seconds > 0:
+            said.append(f"Pruning saved {percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)} of "
+                        f"{r.label}'s device time (estimate: {_amount(r.saved_seconds)} of "
+                        f"{_amount(r.spent_seconds + r.saved_seconds)} {cmp.unit}).")
+        else:
+            said.append(f"{r.label} saved nothing by pruning ({r.counts['pruned']} pruned trials).")
+    return said
+
+
+def pruning_goal_sentence(cmp: Comparison) -> str | None:
+    """The issue's goal, checked for each study with a pruner against those without (pruner none):
+    at least PRUNING_GOAL of its device time saved, and a best at equal budget no worse."""
+    unpruned = [r for r in cmp.studies if r.pruner == "none"]
+    pruned = [r for r in cmp.studies if r.pruner != "none"]
+    if not unpruned or not pruned:
+        return None
+    rival = [r.best_at_budget for r in unpruned if r.best_at_budget is not None]
+    rival_best = (min if cmp.minimize else max)(rival) if rival else None
+    verdicts = []
+    for r in pruned:
+        saved_ok = (r.saved_fraction or 0.0) >= PRUNING_GOAL
+        best_ok = r.best_at_budget is not None and (rival_best is None or not _better(rival_best, r.best_at_budget,
+                                                                                         cmp.minimize))
+        missing = [why for ok, why in ((saved_ok, f"saved {percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)}"),
+                                       (best_ok, f"best at equal budget {_value(r.best_at_budget)} vs "
+                                                 f"{_value(rival_best)} without pruning")) if not ok]
+        verdicts.append(f"{r.label}: {'met' if saved_ok and best_ok else 'not met (' + '; '.join(missing) + ')'}")
+    return (f"The goal (pruning saves at least {PRUNING_GOAL:.0%} of the device time with a best no worse than "
+            f"without pruning, at equal budget): " + "; ".join(verdicts) + ".")
+
+
+def verdict(cmp: Comparison) -> str:
+    """One paragraph in plain words, computed from the numbers."""
+    sense = "lower" if cmp.minimize else "higher"
+    at_budget = ", ".join(f"{r.label} {_value(r.best_at_budget)}" for r in cmp.studies)
+    parts = [f"At equal budget ({_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
+             f"spent) the best {cmp.metric} reached was: {at_budget} ({sense} is better); "
+             f"{_leader_at_budget(cmp)}."]
+    parts += _pruning_sentences(cmp)
+    goal = pruning_goal_sentence(cmp)
+    if goal:
+        parts.append(goal)
+    return " ".join(parts)
+
+
+# ---------------------------------------------------------------------- the comparison drawn
+def _curve_xy(curve: list[tuple[float, float | None]]) -> tuple[list[float], list[float]]:
+    points = [(x, y) for x, y in curve if y is not None]
+    return [x for x, _ in points], [y for _, y in points]
+
+
+def comparison_figure(cmp: Comparison):
+    """plotly: each study's best-so-far against cumulative device-seconds, and the equal budget."""
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for r in cmp.studies:
+        xs, ys = _curve_xy(r.curve)
+        hover = f"{escape(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=r.label, hovertemplate=hover))
+    fig.add_vline(x=cmp.budget_seconds, line=dict(color="#555", dash="dash", width=1.5),
+                  annotation_text=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}",
+                  annotation_position="top right")
+    fig.update_layout(title="Best value so far against device time spent", xaxis_title=f"{cmp.unit} spent (cumulative)",
+                      yaxis_title=f"best {cmp.metric} so far",
+                      legend=dict(yanchor="bottom" if cmp.minimize else "top", y=0.01 if cmp.minimize else 0.99,
+                                  xanchor="left", x=0.01, bgcolor="rgba(255,255,255,0.8)"))
+    return fig
+
+
+def write_comparison_png(cmp: Comparison, path: Path) -> Path:
+    """The same plot with matplotlib (Agg backend)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(10, 6))
+    for r in cmp.studies:
+        xs, ys = _curve_xy(r.curve)
+        ax.plot(xs, ys, drawstyle="steps-post", marker="o", markersize=3, label=r.label)
+    ax.axvline(cmp.budget_seconds, color="#555", linestyle="--", linewidth=1.2,
+               label=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}")
+    ax.set(title="Best value so far against device time spent", xlabel=f"{cmp.unit} spent (cumulative)",
+           ylabel=f"best {cmp.metric} so far")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=PNG_DPI)
+    plt.close(fig)
+    return path
+
+
+def comparison_table(cmp: Comparison) -> str:
+    u = cmp.unit
+    head = ("<tr><th class='l'>study</th><th class='l'>sampler</th><th class='l'>pruner</th><th>finished</th>"
+            f"<th>complete</th><th>pruned</th><th>failed</th><th>{u} spent</th><th>saved by pruning</th>"
+            f"<th>saved %</th><th>best</th><th>best at equal budget</th>"
+            f"<th>to within {REACH_TOLERANCE:g} of {cmp.target_value:.4f}</th></tr>")
+    rows = []
+    for r in cmp.studies:
+        c = r.counts
+        reach = "never" if r.seconds_to_target is None else _amount(r.seconds_to_target)
+        rows.append(f"<tr><td class='l'>{escape(r.name)}</td><td class='l'>{escape(r.sampler)}</td>"
+                    f"<td class='l'>{escape(r.pruner)}</td><td>{r.finished}</td><td>{c['complete']}</td>"
+                    f"<td>{c['pruned']}</td><td>{c['fail']}</td><td>{_amount(r.spent_seconds)}</td>"
+                    f"<td>{_amount(r.saved_seconds)}</td>"
+                    f"<td>{percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)}</td>"
+                    f"<td>{r.best_value:.4f}</td><td>{_value(r.best_at_budget)}</td><td>{reach}</td></tr>")
+    return f"<div class='scroll'><table id='comparison'>{head}{''.join(rows)}</table></div>"
+
+
+def comparison_notes(cmp: Comparison) -> str:
+    notes = [f"Times are in {cmp.unit}. A trial's device time is its <code>train_seconds + prep_seconds</code>; "
+             "trials are taken in the order they finished, and only complete trials can set a new best. Saved % is "
+             "the time saved by pruning over spent + saved; it is estimated as in the single-study report (each "
+             "pruned trial's training time scaled up to a full run). The last column is the time a study spent "
+             f"until its best came within {REACH_TOLERANCE:g} of the best value any compared study found."]
+    for r in cmp.studies:
+        if r.untimed_trials:
+            notes.append(f"{escape(r.label)}: {r.untimed_trials} finished trial(s) recorded no train_seconds or "
+                         "prep_seconds (a duplicate suggestion, a failure, an older mainrun); they count as 0.")
+        if r.unfinished_trials:
+            notes.append(f"{escape(r.label)}: {r.unfinished_trials} trial(s) had not finished yet and are left out.")
+        if "?" in (r.sampler, r.pruner):
+            notes.append(f"{escape(r.label)}: the study does not record its sampler or pruner.")
+    return "".join(f"<p>{n}</p>" for n in notes)
+
+
+def build_comparison(storage_url: str, study_names: list[str], out_dir: str | Path) -> Path:
+    """Write out_dir/compare.html and out_dir/compare.png comparing the studies; return the HTML path."""
+    refuse_repeated_names(study_names)
+    cmp = compare_studies([open_study_readonly(storage_url, name) for name in study_names])
+    out = output_folder(out_dir)
+    png = write_comparison_png(cmp, out / "compare.png")
+    names = ", ".join(r.name for r in cmp.studies)
+    body = (f"<h1>Search efficiency: {escape(names)}</h1>"
+            f"<p class='sub'>{escape(redact(storage_url))} · metric {escape(cmp.metric)} "
+            f"({'minimize' if cmp.minimize else 'maximize'})</p>"
+            f"<h2>Verdict</h2><p id='verdict'>{escape(verdict(cmp))}</p>"
+            "<h2>Best value against device time</h2>"
+            f"<div class='plot'>{plot_div(comparison_figure(cmp), 'plot-compare')}</div>"
+            f"<h2>Numbers</h2>{comparison_table(cmp)}{comparison_notes(cmp)}"
+            f"<p>PNG copy (matplotlib): <a href='{escape(png.name)}'>{escape(png.name)}</a></p>")
+    page = out / "compare.html"
+    page.write_text(html_page(f"mainrun comparison: {names}", body), encoding="utf-8")
+    return page
