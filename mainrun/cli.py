@@ -124,6 +124,9 @@ def search_main(argv: list[str] | None = None) -> int:
                         help="device memory one trial may use; a trial whose estimated need is larger is refused "
                              "before it starts, recorded as failed with the reason (default on a GPU: its memory "
                              "divided by the workers sharing it; on the CPU: no limit)")
+    parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                        help="start no new trial after this many seconds (running trials finish); the search "
+                             "ends at --trials or here, whichever comes first")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS),
                         help="use this sampler (with mainrun's defaults) instead of the space file's; "
                              "part of the study's identity, like the space itself")
@@ -150,7 +153,7 @@ def search_main(argv: list[str] | None = None) -> int:
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
-        memory_budget_gib=args.memory_budget)
+        memory_budget_gib=args.memory_budget, timeout=args.timeout)
     try:
         return run_search(opts)
     except (ConfigError, DataError, SearchError) as e:

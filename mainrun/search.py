@@ -294,6 +294,11 @@ class WorkerContext:
     pruner: str | None = None
     memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
     workers_on_device: int = 1
+    deadline: float | None = None        # --timeout: no trial starts after this time.time()
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
 
 
 def memory_budget(ctx: WorkerContext) -> tuple[int, str] | None:
@@ -435,14 +440,16 @@ class Admission:
     it), so two workers never both take the last slot. Across machines the check is
     still made, but unlocked (see README)."""
 
-    def __init__(self, storage_url: str, study_name: str, trials: int):
+    def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
         from filelock import FileLock
         digest = hashlib.sha256(f"{storage_url}\0{study_name}".encode()).hexdigest()[:16]
         self.lock = FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{digest}.lock"))
-        self.trials = trials
+        self.trials, self.deadline = trials, deadline
 
     def needed(self, study: optuna.Study) -> bool:
         """Acquire, then check. True: keep the lock (released when the trial starts)."""
+        if _past(self.deadline):                  # --timeout: no new trials; running ones finish
+            return False
         self.lock.acquire()
         counts = tally(study)
         # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
@@ -484,7 +491,7 @@ def run_worker(ctx: WorkerContext) -> int:
     Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
     signal.signal(signal.SIGTERM, _raise_interrupt)
     signal.signal(signal.SIGINT, _raise_interrupt)
-    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials)
+    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline)
     try:
         study, objective = _set_up_worker(ctx, admission)
         failures = refusals = 0
@@ -599,6 +606,7 @@ class SearchOptions:
     sampler: str | None = None
     pruner: str | None = None
     memory_budget_gib: float | None = None
+    timeout: float | None = None         # seconds after which no new trial starts
 
 
 def run_search(opts: SearchOptions) -> int:
@@ -629,7 +637,8 @@ def run_search(opts: SearchOptions) -> int:
                               cache_dir=opts.cache_dir, artifacts=str(artifacts), seed=opts.seed, worker=i,
                               start_time=start, finished_at_start=finished_at_start, threads=threads,
                               sampler=opts.sampler, pruner=opts.pruner, memory_budget_gib=opts.memory_budget_gib,
-                              workers_on_device=devices.count(dev))
+                              workers_on_device=devices.count(dev),
+                              deadline=start + opts.timeout if opts.timeout else None)
                 for i, dev in enumerate(devices)]
     code = _run_rounds(study, contexts, opts.trials)
     print_summary(study, opts.storage.url, artifacts)
@@ -657,6 +666,10 @@ def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int)
         if any(c in (130, 143) for c in codes):
             return 143 if 143 in codes else 130
         if _finished(study) >= trials:
+            break
+        if _past(contexts[0].deadline):
+            print(f"search: --timeout reached with {_finished(study)} of {trials} trials finished; "
+                  "the same command resumes the study", flush=True)
             break
         running = tally(study)[TrialState.RUNNING]
         if running:

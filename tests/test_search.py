@@ -289,6 +289,19 @@ def test_a_space_where_nothing_fits_stops_with_a_clear_message(tmp_path, titles_
     assert search(tmp_path, "--memory-budget", "0").returncode == 2
 
 
+def test_timeout_starts_no_trial_after_it_and_a_rerun_resumes(tmp_path, titles_file):
+    args = ["--dataset", str(titles_file), "--study", "t", "--trials", "50"]
+    proc = search(tmp_path, *args, "--timeout", "4")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "--timeout reached with" in proc.stdout and "of 50 trials finished" in proc.stdout
+    study = load(tmp_path, "t")
+    done = finished(study)
+    assert 1 <= len(done) < 50 and len(done) == len(study.trials)   # the running trial finished
+    first = min(t.datetime_start for t in study.trials)
+    assert all((t.datetime_start - first).total_seconds() < 4 + 2 for t in study.trials)
+    assert search(tmp_path, *args, "--timeout", "0").returncode == 2
+
+
 def test_sampler_and_pruner_from_the_command_line(tmp_path, titles_file):
     """The efficiency experiment's control arm: random search without pruning, same space file."""
     args = ["--dataset", str(titles_file), "--study", "rand", "--trials", "3"]
