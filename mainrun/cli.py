@@ -127,6 +127,9 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="start no new trial after this many seconds (running trials finish); the search "
                              "ends at --trials or here, whichever comes first")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print what the search would sample, its enqueued trials and the largest model's "
+                             "memory by estimate, then exit: nothing is created, read or trained")
     parser.add_argument("--sampler", choices=sorted(SAMPLERS),
                         help="use this sampler (with mainrun's defaults) instead of the space file's; "
                              "part of the study's identity, like the space itself")
@@ -146,7 +149,7 @@ def search_main(argv: list[str] | None = None) -> int:
         parser.error("--heartbeat-grace must be longer than --heartbeat")
 
     from .data import DataError
-    from .search import SearchError, SearchOptions, StorageSettings, run_search
+    from .search import SearchError, SearchOptions, StorageSettings, plan_search, run_search
 
     opts = SearchOptions(
         space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
@@ -155,7 +158,7 @@ def search_main(argv: list[str] | None = None) -> int:
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
     try:
-        return run_search(opts)
+        return plan_search(opts) if args.dry_run else run_search(opts)
     except (ConfigError, DataError, SearchError) as e:
         _fail(str(e))
     except KeyboardInterrupt:

@@ -645,6 +645,55 @@ def run_search(opts: SearchOptions) -> int:
     return code
 
 
+# The fields that decide a model's size and memory: what --dry-run names for the largest corner.
+SHAPE_FIELDS = ("d_model", "n_layer", "n_head", "mlp", "mlp_ratio", "vocab_size", "block_size", "batch_size",
+                "optimizer", "pos_emb", "qk_norm", "tie_embeddings", "precision")
+
+
+def plan_search(opts: SearchOptions) -> int:
+    """--dry-run: what the search would sample and how big its models get, from the space file
+    alone. Nothing is created, no data is read and nothing is trained."""
+    import torch
+
+    from .train import estimate_memory_bytes, model_shape, resolve_precision
+
+    space = load_space(opts.space, opts.sampler, opts.pruner)
+    base = RunConfig.from_dict({"dataset": opts.dataset} if opts.dataset else {}, base=RunConfig.from_dict(space.fixed))
+    on_gpu = torch.cuda.is_available() or opts.device.startswith("cuda") or bool(opts.gpus) or not space.cpu_ok
+    device = torch.device("cuda" if on_gpu else "cpu")
+
+    def need(cfg: RunConfig) -> int:
+        return estimate_memory_bytes(cfg, cfg.vocab_size, device, resolve_precision(cfg, device))
+
+    def size(cfg: RunConfig) -> str:
+        n_params, _ = model_shape(cfg, cfg.vocab_size)
+        count = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params:,}"
+        return f"{count:>8} params  ~{_size(need(cfg))}"
+
+    policy = lambda p: p["name"] + (f" {({k: v for k, v in p.items() if k != 'name'})}" if len(p) > 1 else "")  # noqa: E731
+    print(f"dry run of {opts.space}: study '{opts.study or Path(opts.space).stem}', {opts.trials} trials "
+          f"(nothing is created, read or trained)")
+    print(f"sampler {policy(space.sampler)}; pruner {policy(space.pruner)}")
+    if space.fixed:
+        print("fixed: " + ", ".join(f"{k}={_fmt(v)}" for k, v in space.fixed.items()))
+    print(f"params ({len(space.params)}):")
+    for p in space.params:
+        print(f"  {p.name:<14}{p.describe()}")
+    where = "a GPU, bf16 autocast" if on_gpu else "the CPU, fp32"
+    print(f"model sizes and peak memory by estimate (on {where}; vocab {base.vocab_size} as configured):")
+    for label, params in space.enqueue:
+        print(f"  {'enqueued ' + label:<28}{size(space.suggest(optuna.trial.FixedTrial(params), base))}")
+    corners = [space.to_config(values, base) for values in space.corners(base)]
+    needs = [need(c) for c in corners]
+    largest = corners[needs.index(max(needs))]
+    shape = " ".join(f"{k}={_fmt(getattr(largest, k))}" for k in SHAPE_FIELDS if getattr(largest, k) != getattr(base, k))
+    print(f"  {'largest of ' + str(len(corners)) + ' corners':<28}{size(largest)}  {shape}")
+    if opts.memory_budget_gib:
+        over = sum(n > opts.memory_budget_gib * GIB for n in needs)
+        print(f"--memory-budget {opts.memory_budget_gib:g} GiB: {over} of the {len(corners)} corners would be refused")
+    return 0
+
+
 def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
     if opts.gpus:
         return [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]

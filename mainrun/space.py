@@ -130,6 +130,18 @@ class Param:
             return [self.kind(self.low + i * self.step) for i in range(n + 1)]
         return None
 
+    def describe(self) -> str:
+        """One line for people: how this param is sampled, and when."""
+        if self.choices is not None:
+            how = "choices " + ", ".join(map(str, self.choices))
+        elif self.values is not None:
+            how = "values " + ", ".join(f"{v:g}" for v in self.values)
+        else:
+            how = f"{self.low:g} .. {self.high:g}" + (" log" if self.log else "") + \
+                (f" step {self.step:g}" if self.step else "")
+        when = "; ".join(f"{k} in {', '.join(map(str, v))}" for k, v in self.when.items())
+        return how + (f"   (when {when})" if when else "")
+
     def spec(self) -> dict:
         return {k: v for k, v in self.__dict__.items() if k != "kind" and v not in (None, False, {})} | \
             {"kind": self.kind.__name__}
@@ -154,14 +166,31 @@ class SearchSpace:
         for p in self.params:
             if p.active(values):
                 values[p.name] = p.suggest(trial)
-        return self._to_config(values, base)
+        return self.to_config(values, base)
 
-    def _to_config(self, values: dict[str, Any], base: RunConfig) -> RunConfig:
+    def to_config(self, values: dict[str, Any], base: RunConfig) -> RunConfig:
+        """The run config for sampled `values` (head_dim resolved into n_head)."""
         values = dict(values)
         head_dim = values.pop("head_dim", None)
         if head_dim is not None:
             values["n_head"] = values["d_model"] // head_dim
         return RunConfig.from_dict(values, base=base, source=self.path)
+
+    def corners(self, base: RunConfig) -> typing.Iterator[dict[str, Any]]:
+        """The values at the corners of the space (every choice, both ends of every range; the
+        params active there), on top of `base` and `fixed`. Large spaces: a seeded random
+        subset of MAX_VALIDATION_COMBOS corners."""
+        corners = [p.corners() for p in self.params]
+        combos: typing.Iterable = itertools.product(*corners)
+        if math.prod(len(c) for c in corners) > MAX_VALIDATION_COMBOS:
+            rng = random.Random(0)
+            combos = ([rng.choice(c) for c in corners] for _ in range(MAX_VALIDATION_COMBOS))
+        for combo in combos:
+            values: dict[str, Any] = {**base.to_dict(), **self.fixed}
+            for p, v in zip(self.params, combo):
+                if p.active(values):
+                    values[p.name] = v
+            yield values
 
     # ---------------------------------------------------------------- study policy
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
@@ -404,25 +433,14 @@ def _check_coupling(params: list[Param], err) -> None:
 
 
 def _check_all_runnable(space: SearchSpace, base: RunConfig, err) -> None:
-    """Build the configs at the corners of the space (every choice, both ends of every range)
-    and refuse the file if any of them cannot run. Large spaces are checked on a random,
-    seeded subset of the corners."""
-    corners = [p.corners() for p in space.params]
-    total = math.prod(len(c) for c in corners)
-    combos: typing.Iterable = itertools.product(*corners)
-    if total > MAX_VALIDATION_COMBOS:
-        rng = random.Random(0)
-        combos = ([rng.choice(c) for c in corners] for _ in range(MAX_VALIDATION_COMBOS))
-    for combo in combos:
-        values: dict[str, Any] = {**base.to_dict(), **space.fixed}
-        for p, v in zip(space.params, combo):
-            if p.active(values):
-                values[p.name] = v
+    """Build the configs at the corners of the space and refuse the file if any of them
+    cannot run."""
+    for values in space.corners(base):
         if "head_dim" in values and values["d_model"] % values["head_dim"]:
             raise err("params.head_dim", f"d_model = {values['d_model']} is not a multiple of "
                       f"head_dim = {values['head_dim']}; choose values so that every pair divides")
         try:
-            space._to_config(values, base)
+            space.to_config(values, base)
         except ConfigError as e:
             sampled = {p.name: values[p.name] for p in space.params if p.active(values) and p.name in values}
             raise err("params", f"this combination cannot run: {sampled} -> {str(e).split(': ', 1)[-1]}") from None
@@ -490,7 +508,7 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
                           f"'{p.name}' ({p.choices or p.values or [p.low, p.high]})")
             values[p.name] = value
             optuna_params[p.optuna_name] = p.to_optuna_value(value)
-        got = space._to_config(values, base).to_dict()
+        got = space.to_config(values, base).to_dict()
         differ = {k: (wanted[k], got[k]) for k in wanted if wanted[k] != got[k]}
         if differ:
             k, (want, have) = next(iter(differ.items()))

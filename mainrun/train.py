@@ -10,6 +10,7 @@ per-step losses go into a device buffer that is read (and logged) every few doze
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import random
@@ -172,12 +173,11 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     the logits and their fp32 loss; the scoring window's own pool. Deliberately on the high
     side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
     it beside the measured peak."""
-    with torch.device("meta"):                         # shapes only: nothing is allocated
-        model = GPT(cfg, vocab_size)
+    n_params, hidden = model_shape(cfg, vocab_size)
     act = 2 if precision == "bf16" else 4              # bytes per activation element
     state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
     per_param = 4 + 4 + state + (2 if precision == "bf16" else 0)   # weight, grad, state, saved bf16 cast
-    d, hidden = cfg.d_model, model.blocks[0].mlp.up.out_features
+    d = cfg.d_model
     mlp_saved = (5 if cfg.mlp == "swiglu" else 3) * hidden
     attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0) + (2 if cfg.qk_norm else 0)) * d
     # per token and layer: the fp32 residual stream at both norms, the block's intermediates,
@@ -187,8 +187,28 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     logits = train_tokens * vocab_size * (2 * act + 8)   # logits and their grad, fp32 copy and log-softmax
     scoring = cfg.eval_batch_size * cfg.eval_block_size * vocab_size * (act + 8)
     overhead = CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0
-    return (model.num_params() * per_param + cfg.n_layer * train_tokens * per_token_layer
-            + logits + scoring + overhead)
+    return n_params * per_param + cfg.n_layer * train_tokens * per_token_layer + logits + scoring + overhead
+
+
+# Fields that cannot change a model's parameter shapes: configs differing only in these share
+# one meta-device build in model_shape (a search's dry run sizes thousands of corners).
+NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "dropout", "scaled_residual_init", "epochs", "optimizer",
+             "lr", "weight_decay", "decay_all", "momentum", "nesterov", "muon_momentum", "beta1", "beta2", "eps",
+             "schedule", "warmup_steps", "min_lr_frac", "decay_frac", "grad_clip", "precision", "cuda_graph",
+             "compile", "evals_per_epoch", "mainrun_rules")
+
+
+def model_shape(cfg: RunConfig, vocab_size: int) -> tuple[int, int]:
+    """(parameter count, MLP hidden width) of the model `cfg` builds, from a build on the meta
+    device: shapes only, nothing is allocated."""
+    return _model_shape(vocab_size, tuple((k, v) for k, v in cfg.to_dict().items() if k not in NOT_SHAPE))
+
+
+@functools.lru_cache(maxsize=1024)
+def _model_shape(vocab_size: int, shape: tuple) -> tuple[int, int]:
+    with torch.device("meta"):
+        model = GPT(RunConfig.from_dict({**dict(shape), "mainrun_rules": False}), vocab_size)
+    return model.num_params(), model.blocks[0].mlp.up.out_features
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

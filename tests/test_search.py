@@ -289,6 +289,27 @@ def test_a_space_where_nothing_fits_stops_with_a_clear_message(tmp_path, titles_
     assert search(tmp_path, "--memory-budget", "0").returncode == 2
 
 
+def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
+    import torch
+
+    from mainrun.config import PRESETS, RunConfig
+    from mainrun.train import estimate_memory_bytes
+    proc = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", "--memory-budget", "9",
+                  space=SPACES / "arch.yaml")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "nothing is created, read or trained" in out and "sampler tpe" in out and "pruner median" in out
+    for name in ("optimizer", "lr", "beta2", "d_model", "head_dim", "warmup_steps"):
+        assert re.search(rf"^  {name} +\S", out, re.M), name
+    assert "0.0001 .. 0.03 log" in out and "(when optimizer in sgd)" in out
+    report_003 = RunConfig.from_dict(PRESETS["report-003"])
+    need = estimate_memory_bytes(report_003, 16000, torch.device("cuda"), "bf16") / 2**30   # GPU sizes, on any machine
+    assert re.search(rf"enqueued report-003 +117\.\dM params  ~{need:.1f} GiB", out)
+    assert "largest of 4000 corners" in out and "d_model=1024 n_layer=10" in out
+    assert re.search(r"--memory-budget 9 GiB: \d+ of the 4000 corners would be refused", out)
+    assert list(tmp_path.iterdir()) == []                          # no database, no cache, no artifacts
+
+
 def test_timeout_starts_no_trial_after_it_and_a_rerun_resumes(tmp_path, titles_file):
     args = ["--dataset", str(titles_file), "--study", "t", "--trials", "50"]
     proc = search(tmp_path, *args, "--timeout", "4")

@@ -623,6 +623,12 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
     assert estimate(precision="bf16") < base
     assert estimate(optimizer="sgd") < base
     assert estimate("cuda") == base + train_mod.CUDA_OVERHEAD_BYTES   # the context, on a GPU only
+    # the cached meta-device build counts what a real build has
+    for changes in ({}, {"mlp": "swiglu"}, {"tie_embeddings": False, "bias": False}, {"qk_norm": True, "dropout": 0.3},
+                    {"pos_emb": "rope", "norm": "rmsnorm", "optimizer": "sgd"}):
+        c = cfg.replace(**changes)
+        model = GPT(c, 2000)
+        assert train_mod.model_shape(c, 2000) == (model.num_params(), model.blocks[0].mlp.up.out_features)
 
 
 # ---------------------------------------------------------------------- torch.compile
