@@ -178,7 +178,7 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
     per_param = 4 + 4 + state + (2 if precision == "bf16" else 0)   # weight, grad, state, saved bf16 cast
     d = cfg.d_model
-    mlp_saved = (5 if cfg.mlp == "swiglu" else 3) * hidden
+    mlp_saved = (6 if cfg.mlp == "swiglu" else 3) * hidden
     attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0) + (2 if cfg.qk_norm else 0)) * d
     # per token and layer: the fp32 residual stream at both norms, the block's intermediates,
     # the dropout masks
@@ -187,7 +187,12 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     logits = train_tokens * vocab_size * (2 * act + 8)   # logits and their grad, fp32 copy and log-softmax
     scoring = cfg.eval_batch_size * cfg.eval_block_size * vocab_size * (act + 8)
     overhead = CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0
-    return n_params * per_param + cfg.n_layer * train_tokens * per_token_layer + logits + scoring + overhead
+    # Attention dropout: CUDA's fused kernels apply it inside the kernel; elsewhere SDPA's math
+    # path keeps the (B, heads, T, T) probabilities, their dropout mask and the dropped copy.
+    attn_probs = (cfg.batch_size * cfg.n_head * cfg.block_size ** 2 * (2 * act + 1 + 4)
+                  if cfg.dropout > 0 and device.type != "cuda" else 0)
+    return (n_params * per_param + cfg.n_layer * (train_tokens * per_token_layer + attn_probs)
+            + logits + scoring + overhead)
 
 
 # Fields that cannot change a model's parameter shapes: configs differing only in these share
