@@ -670,7 +670,10 @@ def plan_search(opts: SearchOptions) -> int:
         count = f"{n_params / 1e6:.1f}M" if n_params >= 1e6 else f"{n_params:,}"
         return f"{count:>8} params  ~{_size(need(cfg))}"
 
-    policy = lambda p: p["name"] + (f" {({k: v for k, v in p.items() if k != 'name'})}" if len(p) > 1 else "")  # noqa: E731
+    def policy(spec: dict[str, Any]) -> str:
+        options = {k: v for k, v in spec.items() if k != "name"}
+        return spec["name"] + (f" {options}" if options else "")
+
     print(f"dry run of {opts.space}: study '{opts.study or Path(opts.space).stem}', {opts.trials} trials "
           f"(nothing is created, read or trained)")
     print(f"sampler {policy(space.sampler)}; pruner {policy(space.pruner)}")
