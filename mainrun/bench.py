@@ -180,6 +180,8 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
 def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int) -> dict:
     import optuna
     from optuna.trial import TrialState
+
+    from .compare import device_seconds
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
     full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]
@@ -188,8 +190,7 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall,
             "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
-            "device_s": sum(t.user_attrs.get("train_seconds", 0) + t.user_attrs.get("prep_seconds", 0)
-                            for t in trials),
+            "device_s": sum(device_seconds(t) for t in trials),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
 
 

@@ -349,7 +349,6 @@ def comparison_notes(cmp: Comparison) -> str:
 
 def build_comparison(storage_url: str, study_names: list[str], out_dir: str | Path) -> Path:
     """Write out_dir/compare.html and out_dir/compare.png comparing the studies; return the HTML path."""
-    refuse_repeated_names(study_names)
     cmp = compare_studies([open_study_readonly(storage_url, name) for name in study_names])
     out = output_folder(out_dir)
     png = write_comparison_png(cmp, out / "compare.png")
