@@ -177,12 +177,18 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     act = 2 if precision == "bf16" else 4              # bytes per activation element
     state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
     per_param = 4 + 4 + state + (2 if precision == "bf16" else 0)   # weight, grad, state, saved bf16 cast
-    d = cfg.d_model
+    d, bf16 = cfg.d_model, precision == "bf16"
     mlp_saved = (6 if cfg.mlp == "swiglu" else 3) * hidden
-    attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0) + (2 if cfg.qk_norm else 0)) * d
-    # per token and layer: the fp32 residual stream at both norms, the block's intermediates,
-    # the dropout masks
-    per_token_layer = 8 * d + act * (attn_saved + mlp_saved) + (2 * d if cfg.dropout > 0 else 0)
+    attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0)) * d
+    # Under bf16 autocast two things keep fp32 copies (measured on an H100 against
+    # max_memory_allocated): QK-norm's RMSNorm, whose fp32 weight sends bf16 q and k to the
+    # unfused path, and relu2's square(), which autocast runs in fp32.
+    qk_norm = (16 if bf16 else 8) * d if cfg.qk_norm else 0
+    relu2_copy = 4 * hidden if bf16 and cfg.mlp == "relu2" else 0
+    # per token and layer (bytes): the fp32 residual stream at both norms, the block's
+    # intermediates, the dropout masks
+    per_token_layer = (8 * d + act * (attn_saved + mlp_saved) + qk_norm + relu2_copy
+                       + (2 * d if cfg.dropout > 0 else 0))
     train_tokens = cfg.batch_size * cfg.block_size
     logits = train_tokens * vocab_size * (2 * act + 8)   # logits and their grad, fp32 copy and log-softmax
     scoring = cfg.eval_batch_size * cfg.eval_block_size * vocab_size * (act + 8)

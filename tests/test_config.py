@@ -393,3 +393,11 @@ def test_cli_bad_config_exits_2_with_a_clean_error(tmp_path, text, key):
     assert "Traceback" not in proc.stderr + proc.stdout
     assert "val_loss=" not in proc.stdout
     assert not (tmp_path / "log.jsonl").exists()       # it stopped before training
+
+
+def test_the_checked_in_best_card_loads_and_keeps_the_mainrun_rules():
+    from pathlib import Path
+    card = Path(__file__).resolve().parent.parent / "studies" / "best-standin.yaml"
+    cfg = RunConfig.from_yaml(card)
+    assert cfg.comparable and cfg.changed_fixed_fields() == {}
+    assert (cfg.d_model, cfg.n_layer, cfg.pos_emb, cfg.mlp) == (1024, 7, "rope", "swiglu")

@@ -305,7 +305,7 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
     report_003 = RunConfig.from_dict(PRESETS["report-003"])
     need = estimate_memory_bytes(report_003, 16000, torch.device("cuda"), "bf16") / 2**30   # GPU sizes, on any machine
     assert re.search(rf"enqueued report-003 +117\.\dM params  ~{need:.1f} GiB", out)
-    assert "largest of 4000 corners" in out and "d_model=1024 n_layer=10" in out
+    assert "largest of 4000 corners" in out and "d_model=1280 n_layer=12" in out
     assert re.search(r"--memory-budget 9 GiB: \d+ of the 4000 corners would be refused", out)
     assert list(tmp_path.iterdir()) == []                          # no database, no cache, no artifacts
 

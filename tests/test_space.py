@@ -40,9 +40,9 @@ def test_shipped_spaces_parse_and_sample_runnable_configs(name):
     assert space.sha256 == load_space(SPACES / f"{name}.yaml").sha256
 
 
-def test_arch_enqueues_baseline_and_both_reports():
+def test_arch_enqueues_baseline_both_reports_and_the_previous_best():
     space = load_space(SPACES / "arch.yaml")
-    assert [label for label, _ in space.enqueue] == ["baseline", "report-000", "report-003"]
+    assert [label for label, _ in space.enqueue] == ["baseline", "report-000", "report-003", "enqueue[3]"]
     study = optuna.create_study()
     for _, params in space.enqueue:
         study.enqueue_trial(params)
@@ -51,10 +51,11 @@ def test_arch_enqueues_baseline_and_both_reports():
         trial = study.ask()
         cfgs.append(space.suggest(trial, RunConfig()))
         study.tell(trial, 1.0)
-    base, r000, r003 = cfgs
+    base, r000, r003, previous_best = cfgs
     assert base == RunConfig()                                    # exactly the Mainrun baseline
     assert (r000.optimizer, r000.lr, r000.beta2, r000.weight_decay, r000.warmup_steps) == ("adamw", 3e-4, 0.95, 0.1, 100)
     assert (r003.d_model, r003.n_head, r003.n_layer, r003.mlp) == (1024, 16, 8, "swiglu")
+    assert (previous_best.d_model, previous_best.n_head, previous_best.n_layer, previous_best.warmup_steps) == (1024, 32, 9, 400)
 
 
 def test_conditional_params_are_sampled_only_when_active():
