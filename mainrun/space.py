@@ -15,7 +15,7 @@ A space file (see search_spaces/arch.yaml for a commented example):
       d_model: {values: [256, 384, 512, 768]}             # ordered numeric choices
       momentum: {low: 0.5, high: 0.99, when: {optimizer: sgd}}   # conditional: only when active
       head_dim: {values: [32, 64, 128]}                   # coupling: n_head = d_model // head_dim
-    enqueue: [baseline, report-000, {optimizer: adamw, lr: 1.0e-3}]   # tried first
+    enqueue: [baseline, report-000, {optimizer: adamw, lr: 1.0e-3, label: fast-adamw}]   # tried first
 
 The whole file is validated before anything starts; every problem is a `SpaceError`
 naming the file and the key.
@@ -488,7 +488,9 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
         preset = item.pop("preset", None)
         if preset is not None and preset not in PRESETS:
             raise err(f"{key}.preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        label = preset or f"enqueue[{i}]"
+        label = item.pop("label", None) or preset or f"enqueue[{i}]"
+        if not isinstance(label, str):
+            raise err(f"{key}.label", "must be a string")
         try:
             wanted = RunConfig.from_dict({**space.fixed, **PRESETS.get(preset, {}),
                                           **{k: v for k, v in item.items() if k not in VIRTUAL}},

@@ -42,7 +42,7 @@ def test_shipped_spaces_parse_and_sample_runnable_configs(name):
 
 def test_arch_enqueues_baseline_both_reports_and_the_previous_best():
     space = load_space(SPACES / "arch.yaml")
-    assert [label for label, _ in space.enqueue] == ["baseline", "report-000", "report-003", "enqueue[3]"]
+    assert [label for label, _ in space.enqueue] == ["baseline", "report-000", "report-003", "previous-best"]
     study = optuna.create_study()
     for _, params in space.enqueue:
         study.enqueue_trial(params)
@@ -142,6 +142,7 @@ def test_sampler_and_pruner_options_reach_optuna():
     ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "enqueue": ["report-999"]}, "enqueue[0].preset", "unknown preset"),
     ({"params": {"lr": {"low": 1e-4, "high": 1e-3}}, "enqueue": ["baseline"]}, "enqueue[0]", "outside"),
     ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "enqueue": ["report-000"]}, "enqueue[0]", "fixes it"),
+    ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "enqueue": [{"lr": 1e-3, "label": 3}]}, "enqueue[0].label", "must be a string"),
     ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "colour": "blue"}, "colour", "unknown top-level"),
     ({"params": {}}, "params", "non-empty"),
     ({"fixed": {"dataset": "x.txt"}, **MINIMAL}, "fixed.dataset", "command line"),
