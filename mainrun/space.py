@@ -488,9 +488,10 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
         preset = item.pop("preset", None)
         if preset is not None and preset not in PRESETS:
             raise err(f"{key}.preset", f"unknown preset {preset!r}; known: {', '.join(PRESETS)}")
-        label = item.pop("label", None) or preset or f"enqueue[{i}]"
-        if not isinstance(label, str):
+        label = item.pop("label", None)
+        if label is not None and not isinstance(label, str):
             raise err(f"{key}.label", "must be a string")
+        label = label or preset or f"enqueue[{i}]"
         try:
             wanted = RunConfig.from_dict({**space.fixed, **PRESETS.get(preset, {}),
                                           **{k: v for k, v in item.items() if k not in VIRTUAL}},

@@ -174,10 +174,11 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device,
     side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
     it beside the measured peak."""
     n_params, hidden = model_shape(cfg, vocab_size)
-    act = 2 if precision == "bf16" else 4              # bytes per activation element
+    bf16 = precision == "bf16"
+    act = 2 if bf16 else 4                             # bytes per activation element
     state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
-    per_param = 4 + 4 + state + (2 if precision == "bf16" else 0)   # weight, grad, state, saved bf16 cast
-    d, bf16 = cfg.d_model, precision == "bf16"
+    per_param = 4 + 4 + state + (2 if bf16 else 0)     # weight, grad, state, saved bf16 cast
+    d = cfg.d_model
     mlp_saved = (6 if cfg.mlp == "swiglu" else 3) * hidden
     attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0)) * d
     # Under bf16 autocast two things keep fp32 copies (measured on an H100 against
