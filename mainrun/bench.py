@@ -40,11 +40,12 @@ def flops_per_token(cfg: RunConfig, vocab_size: int) -> float:
     return 6.0 * matmul + 12.0 * cfg.n_layer * cfg.block_size * cfg.d_model
 
 
+def gpu_name() -> str:
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+
+
 def gpu_peak() -> float | None:
-    if not torch.cuda.is_available():
-        return None
-    name = torch.cuda.get_device_name()
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu_name()), None)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,7 +149,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
             "peak_mem_mb": result.peak_memory_mb, "est_mem_mb": estimate / 2**20, "device": result.device,
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+            "gpu": gpu_name()}
 
 
 def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
@@ -191,7 +192,7 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
             "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall,
             "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
             "device_s": sum(device_seconds(t) for t in trials),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+            "gpu": gpu_name()}
 
 
 def profile(spec: str, dataset: str, device: str, cache_dir: str | None) -> int:
