@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, RunConfig, parse_overrides
+from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 from .data import prepare_data
 from .model import GPT
 from .train import estimate_memory_bytes, resolve_device, resolve_precision, steps_per_epoch, train
@@ -52,8 +52,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mainrun.bench", description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", default="baseline:bf16,report-003:bf16",
-                        help="comma-separated PRESET:PRECISION[:eager] (default: %(default)s); "
-                             "eager turns CUDA-graph capture off")
+                        help="comma-separated PRESET[:PRECISION][:eager][:KEY=VALUE ...] (default: %(default)s); "
+                             "eager turns CUDA-graph capture off, e.g. baseline:bf16:compile=model")
     parser.add_argument("--base", metavar="CONFIG",
                         help="ablation mode: run this config (a YAML file or a preset name), then each "
                              "--ablate variant of it")
@@ -71,35 +71,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--cache-dir")
     parser.add_argument("--json", help="write the rows here as JSON")
-    parser.add_argument("--profile", metavar="PRESET:PRECISION",
-                        help="instead: profile one epoch of this run (eager) and print the top CUDA kernels")
+    parser.add_argument("--profile", metavar="RUN",
+                        help="instead: profile one epoch of this run (a --runs entry, eager) and print the top "
+                             "CUDA kernels")
     args = parser.parse_args(argv)
     if args.profile:
-        return profile(args.profile, args.dataset, args.device, args.cache_dir)
+        try:
+            cfg = _preset_config(args.profile, args.dataset, "--profile", cuda_graph=False, mainrun_rules=False, epochs=1)
+        except ConfigError as e:
+            parser.error(str(e))
+        return profile(cfg, args.device, args.cache_dir)
     if args.search:
         jobs = [int(j) for j in args.jobs.split(",")]
         return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
                                  args.device, args.cache_dir, args.json)
 
-    if args.base:
-        base = (RunConfig.from_dict(PRESETS[args.base]) if args.base in PRESETS
-                else RunConfig.from_yaml(args.base)).replace(dataset=args.dataset)
-        runs = [("base", base)] + [(spec, base.replace(**parse_overrides(spec.split(","), "--ablate")))
-                                   for spec in args.ablate]
-    else:
-        runs = [(spec, _preset_config(spec, args.dataset)) for spec in args.runs.split(",")]
+    try:
+        runs = _ablation_runs(args.base, args.ablate, args.dataset) if args.base else \
+            [(spec, _preset_config(spec, args.dataset)) for spec in args.runs.split(",")]
+    except ConfigError as e:
+        parser.error(str(e))
     rows = measure_all(runs, args.device, args.cache_dir, args.parallel)
 
     reference = rows[0]["val_loss"]
-    print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'tok/s':>12}"
+    print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'setup s':>9}{'tok/s':>12}"
           f"{'TFLOP/s':>9}{'%peak':>7}{'est MiB':>9}{'peak MiB':>9}")
     for r in rows:
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
-              f"{r['train_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
+              f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
               f"{r['est_mem_mb']:>9,.0f}{r['peak_mem_mb']:>9,.0f}")
     _write_json(args.json, rows)
     return 0
+
+
+def _ablation_runs(base_spec: str, ablations: list[str], dataset: str) -> list[tuple[str, RunConfig]]:
+    """The base config (a preset name or a YAML file) and one variant of it per --ablate."""
+    base = (RunConfig.from_dict(PRESETS[base_spec]) if base_spec in PRESETS
+            else RunConfig.from_yaml(base_spec)).replace(dataset=dataset)
+    return [("base", base)] + [(spec, base.replace(**parse_overrides(spec.split(","), "--ablate")))
+                               for spec in ablations]
 
 
 def _write_json(path: str | None, rows: list[dict]) -> None:
@@ -108,11 +119,16 @@ def _write_json(path: str | None, rows: list[dict]) -> None:
             json.dump(rows, f, indent=1)
 
 
-def _preset_config(spec: str, dataset: str, **extra) -> RunConfig:
-    """PRESET:PRECISION[:eager] as a run config on `dataset`."""
-    preset, precision, mode = (spec.split(":") + ["", ""])[:3]
-    return RunConfig.from_dict({**PRESETS[preset], "dataset": dataset, "precision": precision or "auto",
-                                "cuda_graph": mode != "eager", **extra})
+def _preset_config(spec: str, dataset: str, flag: str = "--runs", **extra) -> RunConfig:
+    """PRESET[:PRECISION][:eager][:KEY=VALUE ...] as a run config on `dataset`, e.g.
+    baseline:bf16:compile=model. eager turns CUDA-graph capture off."""
+    preset, *fields = spec.split(":")
+    if preset not in PRESETS:
+        raise ConfigError(f"{flag} {spec!r}: unknown preset {preset!r}; known: {', '.join(PRESETS)}")
+    precision = fields.pop(0) if fields and "=" not in fields[0] and fields[0] != "eager" else "auto"
+    overrides = parse_overrides([f for f in fields if f != "eager"], f"{flag} {spec!r}")
+    return RunConfig.from_dict({**PRESETS[preset], "dataset": dataset, "precision": precision,
+                                "cuda_graph": "eager" not in fields, **overrides, **extra})
 
 
 def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str | None, parallel: int) -> list[dict]:
@@ -144,7 +160,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
         / result.train_seconds / 1e12
     peak = gpu_peak()
     return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss, "data_s": data.prep_seconds, "data_cached": data.cached,
-            "train_s": result.train_seconds, "wall_s": result.train_seconds + data.prep_seconds,
+            "train_s": result.train_seconds, "setup_s": result.setup_seconds, "wall_s": result.train_seconds + data.prep_seconds,
             "tokens_per_s": result.tokens_per_second, "tflops": tflops,
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
@@ -195,10 +211,9 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
             "gpu": gpu_name()}
 
 
-def profile(spec: str, dataset: str, device: str, cache_dir: str | None) -> int:
-    """One epoch under torch.profiler, CUDA graphs off so that each kernel is attributed."""
+def profile(cfg: RunConfig, device: str, cache_dir: str | None) -> int:
+    """One epoch of `cfg` under torch.profiler (CUDA graphs off, so that each kernel is attributed)."""
     from torch.profiler import ProfilerActivity
-    cfg = _preset_config(spec, dataset, cuda_graph=False, mainrun_rules=False, epochs=1)
     data = prepare_data(cfg, cache_dir)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
     with torch.profiler.profile(activities=activities) as prof:

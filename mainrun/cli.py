@@ -59,8 +59,8 @@ def train_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s, data {result.prep_seconds:.1f}s, "
-          f"{result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, device {result.device} "
+    print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
+          f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, device {result.device} "
           f"({result.precision}), peak {result.peak_memory_mb:,.0f} MiB, log {Path(args.log)}")
     if not cfg.comparable:
         print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")

@@ -46,6 +46,9 @@ class RunResult:
     n_params: int = 0
     prep_seconds: float = 0.0
     train_seconds: float = 0.0
+    # the part of train_seconds up to the end of step 1 and its evaluation: optimizer, graph
+    # capture, compilation, then one step and one scoring pass. The rest is the steady state.
+    setup_seconds: float = 0.0
     tokens_per_second: float = 0.0
     peak_memory_mb: float = 0.0
     device: str = "cpu"
@@ -99,6 +102,10 @@ def compile_model(model: GPT, mode: str) -> None:
     let any trial or worker on the machine load a graph another one already compiled."""
     if mode == "none":
         return
+    # A worker trains one architecture after another: start each run from a fresh in-process
+    # state, as a new process would. Otherwise dynamo counts each new width as a recompile of
+    # the same code, switches to dynamic shapes, and past its recompile limit runs eagerly.
+    torch.compiler.reset()
     for module in (model.blocks if mode == "blocks" else [model]):
         module.compile()
 
@@ -494,6 +501,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
                 elapsed = time.perf_counter() - t0
                 result.curve.append((step, val_loss))
                 result.val_loss = val_loss
+                if step == 1:
+                    result.setup_seconds = elapsed
                 runlog.log("validation_step", step=step, max_steps=max_steps, loss=val_loss, elapsed_time=elapsed)
                 if progress:
                     bar.write(f"[{step:>5}/{max_steps}] validation loss {val_loss:.4f}  ({elapsed:.1f}s)")

@@ -6,9 +6,12 @@ import json
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from helpers import SPACES, TINY
+from mainrun.bench import _preset_config
+from mainrun.config import PRESETS, ConfigError
 
 
 def bench(tmp_path, *args: str) -> tuple[list[dict], str]:
@@ -27,6 +30,7 @@ def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_fi
     for r in rows:
         assert 0 < r["val_loss"] < 10 and r["steps"] == 7 * r["steps_per_epoch"]
         assert r["train_s"] > 0 and r["tokens_per_s"] > 0 and r["tflops"] > 0
+        assert 0 < r["setup_s"] < r["train_s"]
         assert r["est_mem_mb"] > 0 and r["gpu"] == "cpu"
     assert rows[1]["params"] > rows[0]["params"]          # at this width swiglu rounds its branches up to 64
     assert "est MiB" in stdout and "mlp=swiglu" in stdout
@@ -48,3 +52,26 @@ def test_search_mode_reports_throughput_per_worker_count(tmp_path, titles_file):
         # no pruning: every finished trial is one full run
         assert abs(r["full_runs_per_hour"] - r["trials_per_hour"]) < 1e-6 * r["trials_per_hour"]
     assert "trials/h" in stdout and "full runs/h" in stdout
+
+
+def test_a_runs_entry_is_a_preset_with_precision_eager_and_overrides():
+    cfg = _preset_config("report-003:bf16:eager:compile=model", "titles.txt")
+    assert (cfg.d_model, cfg.mlp, cfg.lr) == (PRESETS["report-003"]["d_model"], "swiglu", PRESETS["report-003"]["lr"])
+    assert (cfg.precision, cfg.cuda_graph, cfg.compile, cfg.dataset) == ("bf16", False, "model", "titles.txt")
+    plain = _preset_config("baseline", "titles.txt")
+    assert (plain.precision, plain.cuda_graph, plain.compile) == ("auto", True, "none")
+    assert _preset_config("baseline:compile=blocks", "t.txt").compile == "blocks"   # precision may be left out
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("nope:bf16", "unknown preset 'nope'"),
+    ("baseline:bf16:compile=fast", "must be one of none, blocks, model"),
+    ("baseline:bf17", "must be one of auto, bf16, fp32"),
+    ("baseline:bf16:lr", "expects KEY=VALUE"),
+])
+def test_a_bad_runs_entry_is_refused_before_anything_runs(tmp_path, spec, message):
+    with pytest.raises(ConfigError, match=message):
+        _preset_config(spec, "titles.txt")
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", "missing.txt", "--runs", spec],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr

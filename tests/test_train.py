@@ -297,6 +297,8 @@ def test_full_run_result(full_run):
     assert result.n_params == GPT(cfg, data.vocab_size).num_params()
     assert (result.device, result.precision) == ("cpu", "fp32")
     assert result.train_seconds > 0 and result.tokens_per_second > 0
+    # setup is the time to the end of step 1's evaluation: part of the training time, not all of it
+    assert 0 < result.setup_seconds < result.train_seconds
 
 
 def test_full_run_log(full_run):
@@ -645,17 +647,30 @@ def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=2, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3)
     eager = train(cfg, data, device="cpu", progress=False, echo=None)
-    torch._dynamo.reset()
     counters.clear()
     compiled = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
     assert [s for s, _ in compiled.curve] == [s for s, _ in eager.curve]
     assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=1e-3)
     assert counters["inductor"]["fxgraph_cache_miss"] > 0 and any((tmp_path / "inductor").iterdir())
-    torch._dynamo.reset()                               # as in a new worker process
-    counters.clear()
+    counters.clear()                                    # train() starts a fresh compile state, as a new process
     again = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
     assert again.curve == compiled.curve                # the same compiled code
+
+
+def test_each_compiled_run_starts_from_a_fresh_compile_state(tiny_data, tmp_path, monkeypatch):
+    """A search worker trains one architecture after another in one process. Each run must
+    compile as a fresh process would (static shapes, loaded from the disk cache when seen
+    before): without a reset, dynamo would count every new width as a recompile of the same
+    code, switch to dynamic shapes, and past its recompile limit run the blocks eagerly."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)       # one run: train + eval graphs
+    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
+    cfg, data = tiny_data
+    cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="blocks")
+    for width in (32, 48, 64):
+        result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
+        assert math.isfinite(result.val_loss)
 
 
 def test_whole_step_capture_only_where_it_was_verified_on_a_gpu():
