@@ -27,7 +27,7 @@ import torch
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 from .data import prepare_data
 from .model import GPT
-from .train import estimate_memory_bytes, resolve_device, resolve_precision, steps_per_epoch, train
+from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
 BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:
         try:
-            cfg = _preset_config(args.profile, args.dataset, "--profile", cuda_graph=False, mainrun_rules=False, epochs=1)
+            cfg = _preset_config(args.profile, args.dataset, "--profile",
+                                 cuda_graph=False, mainrun_rules=False, epochs=1)
         except ConfigError as e:
             parser.error(str(e))
         return profile(cfg, args.device, args.cache_dir)
@@ -154,13 +155,14 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
     """One full run, and what it cost."""
     data = prepare_data(cfg, cache_dir)
     dev = resolve_device(device)
-    estimate = estimate_memory_bytes(cfg, data.vocab_size, dev, resolve_precision(cfg, dev))
+    estimate = estimate_memory_bytes(cfg, data.vocab_size, dev)
     result = train(cfg, data, device=dev, progress=False, echo=None)
     tflops = flops_per_token(cfg, data.vocab_size) * result.steps * cfg.batch_size * cfg.block_size \
         / result.train_seconds / 1e12
     peak = gpu_peak()
-    return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss, "data_s": data.prep_seconds, "data_cached": data.cached,
-            "train_s": result.train_seconds, "setup_s": result.setup_seconds, "wall_s": result.train_seconds + data.prep_seconds,
+    return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss,
+            "data_s": data.prep_seconds, "data_cached": data.cached, "train_s": result.train_seconds,
+            "setup_s": result.setup_seconds, "wall_s": result.train_seconds + data.prep_seconds,
             "tokens_per_s": result.tokens_per_second, "tflops": tflops,
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
@@ -199,8 +201,9 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
     from optuna.trial import TrialState
 
     from .compare import device_seconds
+    from .search import FINISHED
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    finished = [t for t in trials if t.state in FINISHED]
     full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]
                     for t in finished if t.user_attrs.get("max_steps"))
     return {"jobs": jobs, "exit_code": code, "finished": len(finished),

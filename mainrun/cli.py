@@ -60,8 +60,8 @@ def train_main(argv: list[str] | None = None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
-          f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, device {result.device} "
-          f"({result.precision}), peak {result.peak_memory_mb:,.0f} MiB, log {Path(args.log)}")
+          f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, "
+          f"device {result.device} ({result.precision}), peak {result.peak_memory_mb:,.0f} MiB, log {Path(args.log)}")
     if not cfg.comparable:
         print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")
     print(f"val_loss={result.val_loss:.6f}")

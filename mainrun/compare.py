@@ -17,14 +17,13 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .report import (PNG_DPI, as_number, compute_totals, escape, html_page, output_folder, percent, plot_div)
 from .search import METRIC, SearchError, open_study_readonly, redact
+from .space import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 
 # "Reached the best": within this much of the best value any compared study found.
 REACH_TOLERANCE = 0.01
 # The issue's goal for pruning: save at least this share of the device time, with no worse best.
 PRUNING_GOAL = 0.40
-# What a space file means when it names no sampler / pruner (space.parse_space's defaults).
-DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "median"
 
 
 @dataclass
@@ -54,9 +53,13 @@ class StudyResult:
         return self.counts["complete"] + self.counts["pruned"]
 
     @property
+    def unpruned_seconds(self) -> float:
+        """What the study would have spent without pruning (estimate)."""
+        return self.spent_seconds + self.saved_seconds
+
+    @property
     def saved_fraction(self) -> float | None:
-        whole = self.spent_seconds + self.saved_seconds
-        return self.saved_seconds / whole if whole > 0 else None
+        return self.saved_seconds / self.unpruned_seconds if self.unpruned_seconds > 0 else None
 
 
 @dataclass
@@ -220,9 +223,9 @@ def _pruning_sentences(cmp: Comparison) -> list[str]:
         if r.pruner == "none":
             said.append(f"{r.label} does not prune.")
         elif r.saved_seconds > 0:
-            said.append(f"Pruning saved {percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)} of "
+            said.append(f"Pruning saved {percent(r.saved_seconds, r.unpruned_seconds)} of "
                         f"{r.label}'s device time (estimate: {_amount(r.saved_seconds)} of "
-                        f"{_amount(r.spent_seconds + r.saved_seconds)} {cmp.unit}).")
+                        f"{_amount(r.unpruned_seconds)} {cmp.unit}).")
         else:
             said.append(f"{r.label} saved nothing by pruning ({r.counts['pruned']} pruned trials).")
     return said
@@ -242,7 +245,7 @@ def pruning_goal_sentence(cmp: Comparison) -> str | None:
         saved_ok = (r.saved_fraction or 0.0) >= PRUNING_GOAL
         best_ok = r.best_at_budget is not None and (rival_best is None or not _better(rival_best, r.best_at_budget,
                                                                                          cmp.minimize))
-        missing = [why for ok, why in ((saved_ok, f"saved {percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)}"),
+        missing = [why for ok, why in ((saved_ok, f"saved {percent(r.saved_seconds, r.unpruned_seconds)}"),
                                        (best_ok, f"best at equal budget {_value(r.best_at_budget)} vs "
                                                  f"{_value(rival_best)} without pruning")) if not ok]
         verdicts.append(f"{r.label}: {'met' if saved_ok and best_ok else 'not met (' + '; '.join(missing) + ')'}")
@@ -325,7 +328,7 @@ def comparison_table(cmp: Comparison) -> str:
                     f"<td class='l'>{escape(r.pruner)}</td><td>{r.finished}</td><td>{c['complete']}</td>"
                     f"<td>{c['pruned']}</td><td>{c['fail']}</td><td>{_amount(r.spent_seconds)}</td>"
                     f"<td>{_amount(r.saved_seconds)}</td>"
-                    f"<td>{percent(r.saved_seconds, r.spent_seconds + r.saved_seconds)}</td>"
+                    f"<td>{percent(r.saved_seconds, r.unpruned_seconds)}</td>"
                     f"<td>{r.best_value:.4f}</td><td>{_value(r.best_at_budget)}</td><td>{reach}</td></tr>")
     return f"<div class='scroll'><table id='comparison'>{head}{''.join(rows)}</table></div>"
 

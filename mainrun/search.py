@@ -322,14 +322,14 @@ def _size(n_bytes: float) -> str:
 def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerContext, admission):
     import torch
 
-    from .train import ScoringError, estimate_memory_bytes, resolve_device, resolve_precision, train
+    from .train import ScoringError, estimate_memory_bytes, resolve_device, train
     store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
     commit = git_commit()
     device = resolve_device(ctx.device)
     budget = memory_budget(ctx)
 
     def refuse_if_too_big(trial: optuna.Trial, cfg: RunConfig) -> None:
-        need = estimate_memory_bytes(cfg, data.vocab_size, device, resolve_precision(cfg, device))
+        need = estimate_memory_bytes(cfg, data.vocab_size, device)
         trial.set_user_attr("memory_estimate_mb", round(need / 2**20))
         if budget is not None and need > budget[0]:
             reason = f"does not fit: needs ~{_size(need)} by estimate; {budget[1]}"
@@ -609,6 +609,11 @@ class SearchOptions:
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
 
+    def base_config(self, space: SearchSpace) -> RunConfig:
+        """What every trial starts from: the space's fixed fields, then --dataset."""
+        return RunConfig.from_dict({"dataset": self.dataset} if self.dataset else {},
+                                   base=RunConfig.from_dict(space.fixed))
+
 
 def run_search(opts: SearchOptions) -> int:
     """Prepare the data once, open the study, run workers until it holds `opts.trials`
@@ -616,7 +621,7 @@ def run_search(opts: SearchOptions) -> int:
     import torch
 
     space = load_space(opts.space, opts.sampler, opts.pruner)       # validated before anything exists
-    base = RunConfig.from_dict({"dataset": opts.dataset} if opts.dataset else {}, base=RunConfig.from_dict(space.fixed))
+    base = opts.base_config(space)
     gpu = bool(opts.gpus) or opts.device.startswith("cuda") or (opts.device == "auto" and torch.cuda.is_available())
     if not gpu and not space.cpu_ok:
         print("!" * 78 + "\n! WARNING: no GPU found. Each trial is a full seven-epoch run; on the CPU a search\n"
@@ -656,15 +661,15 @@ def plan_search(opts: SearchOptions) -> int:
     alone. Nothing is created, no data is read and nothing is trained."""
     import torch
 
-    from .train import estimate_memory_bytes, model_shape, resolve_precision
+    from .train import estimate_memory_bytes, model_shape
 
     space = load_space(opts.space, opts.sampler, opts.pruner)
-    base = RunConfig.from_dict({"dataset": opts.dataset} if opts.dataset else {}, base=RunConfig.from_dict(space.fixed))
+    base = opts.base_config(space)
     on_gpu = torch.cuda.is_available() or opts.device.startswith("cuda") or bool(opts.gpus) or not space.cpu_ok
     device = torch.device("cuda" if on_gpu else "cpu")
 
     def need(cfg: RunConfig) -> int:
-        return estimate_memory_bytes(cfg, cfg.vocab_size, device, resolve_precision(cfg, device))
+        return estimate_memory_bytes(cfg, cfg.vocab_size, device)
 
     def size(cfg: RunConfig) -> str:
         n_params, _ = model_shape(cfg, cfg.vocab_size)

@@ -43,6 +43,8 @@ TOP_KEYS = {"description", "cpu_ok", "sampler", "pruner", "fixed", "params", "en
 PARAM_KEYS = {"low", "high", "log", "step", "choices", "values", "when"}
 MAX_VALIDATION_COMBOS = 4000
 
+# What a space file that names no sampler / pruner gets.
+DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "median"
 SAMPLERS = {
     "tpe": (optuna.samplers.TPESampler, {"multivariate": True, "constant_liar": True}),
     "random": (optuna.samplers.RandomSampler, {}),
@@ -279,8 +281,8 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
         params.append(_parse_param(str(name), spec, hints, config_fields, fixed, params, err))
     _check_coupling(params, err)
 
-    sampler = _parse_policy(data.get("sampler"), "sampler", SAMPLERS, "tpe", err)
-    pruner = _parse_policy(data.get("pruner"), "pruner", PRUNERS, "median", err)
+    sampler = _parse_policy(data.get("sampler"), "sampler", SAMPLERS, DEFAULT_SAMPLER, err)
+    pruner = _parse_policy(data.get("pruner"), "pruner", PRUNERS, DEFAULT_PRUNER, err)
     space = SearchSpace(path=source, params=params, fixed=fixed, sampler=sampler, pruner=pruner, enqueue=[],
                         description=description, cpu_ok=cpu_ok, text=text)
     if sampler["name"] == "grid":

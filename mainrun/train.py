@@ -174,14 +174,14 @@ GIB = 2**30
 CUDA_OVERHEAD_BYTES = GIB      # CUDA context, cuBLAS workspaces and allocator slack, per process
 
 
-def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device, precision: str) -> int:
+def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device) -> int:
     """The peak device memory of a training run, from its config alone, before anything is
     allocated: weights, grads and optimizer state; what autograd saves per token and layer;
     the logits and their fp32 loss; the scoring window's own pool. Deliberately on the high
     side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
     it beside the measured peak."""
     n_params, hidden = model_shape(cfg, vocab_size)
-    bf16 = precision == "bf16"
+    bf16 = resolve_precision(cfg, device) == "bf16"
     act = 2 if bf16 else 4                             # bytes per activation element
     state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
     per_param = 4 + 4 + state + (2 if bf16 else 0)     # weight, grad, state, saved bf16 cast

@@ -303,7 +303,7 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
         assert re.search(rf"^  {name} +\S", out, re.M), name
     assert "0.0001 .. 0.03 log" in out and "(when optimizer in sgd)" in out
     report_003 = RunConfig.from_dict(PRESETS["report-003"])
-    need = estimate_memory_bytes(report_003, 16000, torch.device("cuda"), "bf16") / 2**30   # GPU sizes, on any machine
+    need = estimate_memory_bytes(report_003, 16000, torch.device("cuda")) / 2**30   # GPU sizes (bf16), on any machine
     assert re.search(rf"enqueued report-003 +117\.\dM params  ~{need:.1f} GiB", out)
     assert "largest of 4000 corners" in out and "d_model=1280 n_layer=12" in out
     assert re.search(r"--memory-budget 9 GiB: \d+ of the 4000 corners would be refused", out)

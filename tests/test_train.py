@@ -609,7 +609,7 @@ def measured_peak_bytes(cfg: RunConfig, vocab: int, precision: str) -> int:
 ])
 def test_the_memory_estimate_is_above_the_measured_peak_but_not_far(changes, vocab, precision):
     cfg = RunConfig.from_dict({**MEM_BASE, "optimizer": "adamw", "vocab_size": vocab, **changes})
-    estimate = train_mod.estimate_memory_bytes(cfg, vocab, torch.device("cpu"), precision)
+    estimate = train_mod.estimate_memory_bytes(cfg.replace(precision=precision), vocab, torch.device("cpu"))
     peak = measured_peak_bytes(cfg, vocab, precision)
     assert peak <= estimate <= 1.8 * peak
 
@@ -618,7 +618,7 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
     cfg = RunConfig.from_dict({**MEM_BASE, "optimizer": "adamw"})
 
     def estimate(device="cpu", precision="fp32", **changes):
-        return train_mod.estimate_memory_bytes(cfg.replace(**changes), 2000, torch.device(device), precision)
+        return train_mod.estimate_memory_bytes(cfg.replace(precision=precision, **changes), 2000, torch.device(device))
 
     base = estimate()
     for changes in ({"batch_size": 32}, {"block_size": 128}, {"n_layer": 4}, {"d_model": 256}, {"mlp_ratio": 8.0}):
