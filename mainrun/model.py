@@ -99,6 +99,15 @@ class Block(nn.Module):
         return x + self.mlp(self.ln2(x))
 
 
+class TokenLoss(nn.Module):
+    """Token cross-entropy in fp32 whatever the autocast dtype. A module of its own so that
+    regional compilation can fuse the cast, the log-softmax over the vocabulary and the target
+    gather (and their backward) instead of materialising fp32 copies of the logits."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        return F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
+
+
 class GPT(nn.Module):
     def __init__(self, cfg: RunConfig, vocab_size: int):
         super().__init__()
@@ -109,6 +118,7 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
+        self.loss = TokenLoss()
         self.apply(self._init_weights)
         if cfg.scaled_residual_init:          # GPT-2: keep the residual stream's variance flat in depth
             for block in self.blocks:
@@ -136,9 +146,7 @@ class GPT(nn.Module):
         logits = self.head(self.ln_f(x))
         if targets is None:
             return logits, None
-        # Cross-entropy in fp32 whatever the autocast dtype.
-        loss = F.cross_entropy(logits.float().view(-1, logits.size(-1)), targets.reshape(-1), reduction=reduction)
-        return logits, loss
+        return logits, self.loss(logits, targets, reduction)
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)

@@ -639,21 +639,23 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
 
 # ---------------------------------------------------------------------- torch.compile
 def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch):
-    """Regional compilation (each block) of a real run on the CPU, evaluation included: the
-    same curve as eager, up to the reordering of floating-point sums. A second trial of the
-    same shape in a fresh compile context loads inductor's compiled graphs from disk."""
+    """Regional compilation (each block, and the loss) of a real run on the CPU, evaluation
+    included: the same curve as eager, up to the reordering of floating-point sums, with four
+    graphs (block and loss, each for training and scoring) and no graph break. A second trial
+    of the same shape in a fresh compile context loads inductor's compiled graphs from disk."""
     from torch._dynamo.utils import counters
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=2, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3)
     eager = train(cfg, data, device="cpu", progress=False, echo=None)
     counters.clear()
-    compiled = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
+    compiled = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=None)
     assert [s for s, _ in compiled.curve] == [s for s, _ in eager.curve]
     assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=1e-3)
+    assert counters["stats"]["unique_graphs"] == 4 and not counters["graph_break"]
     assert counters["inductor"]["fxgraph_cache_miss"] > 0 and any((tmp_path / "inductor").iterdir())
     counters.clear()                                    # train() starts a fresh compile state, as a new process
-    again = train(cfg.replace(compile="blocks"), data, device="cpu", progress=False, echo=None)
+    again = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
     assert again.curve == compiled.curve                # the same compiled code
 
@@ -667,7 +669,7 @@ def test_each_compiled_run_starts_from_a_fresh_compile_state(tiny_data, tmp_path
     monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)       # one run: train + eval graphs
     monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     cfg, data = tiny_data
-    cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="blocks")
+    cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="regional")
     for width in (32, 48, 64):
         result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
         assert math.isfinite(result.val_loss)
