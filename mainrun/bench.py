@@ -9,12 +9,14 @@ For each run it prints data-prep seconds, training seconds, tokens/s, the achiev
 TFLOP/s and its fraction of the GPU's dense bf16 peak, the final validation loss, and the
 estimated and measured peak memory. With --search it runs a short search per --jobs value
 (workers sharing the device) and prints trials per hour and full-run equivalents per hour:
-the aggregate throughput of several trials per GPU.
+the aggregate throughput of several trials per GPU. A run that fails (out of memory, a capture
+or compile error) is printed with its error, the others still run, and the exit code is 1.
 It is a benchmark, not a test: nothing here asserts a time.
 """
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import multiprocessing
 import tempfile
@@ -94,16 +96,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(str(e))
     rows = measure_all(runs, args.device, args.cache_dir, args.parallel)
 
-    reference = rows[0]["val_loss"]
+    reference = next((r["val_loss"] for r in rows if "error" not in r), float("nan"))
     print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'setup s':>9}{'tok/s':>12}"
           f"{'TFLOP/s':>9}{'%peak':>7}{'est MiB':>9}{'peak MiB':>9}")
     for r in rows:
+        if "error" in r:
+            print(f"{r['run']:<34} failed: {r['error']}")
+            continue
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
               f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
               f"{r['est_mem_mb']:>9,.0f}{r['peak_mem_mb']:>9,.0f}")
     _write_json(args.json, rows)
-    return 0
+    return 1 if any("error" in r for r in rows) else 0
 
 
 def _ablation_runs(base_spec: str, ablations: list[str], dataset: str) -> list[tuple[str, RunConfig]]:
@@ -134,21 +139,44 @@ def _preset_config(spec: str, dataset: str, flag: str = "--runs", **extra) -> Ru
 
 def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str | None, parallel: int) -> list[dict]:
     """Every run, one after another or `parallel` at a time in spawned processes (each a
-    fresh CUDA context); rows are printed as they finish and returned in the given order."""
+    fresh CUDA context); rows are printed as they finish and returned in the given order.
+    A run that fails (out of memory, a capture or compile error) gets a row with its error,
+    and the runs after it still run."""
     if parallel <= 1:
         rows = []
         for name, cfg in runs:
-            rows.append(measure(name, cfg, device, cache_dir))
+            rows.append(_measure_or_error(name, cfg, device, cache_dir))
             print(json.dumps(rows[-1]), flush=True)
         return rows
     done: dict[int, dict] = {}
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=parallel, mp_context=spawn) as pool:
-        futures = {pool.submit(measure, name, cfg, device, cache_dir, parallel): i for i, (name, cfg) in enumerate(runs)}
+        futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, parallel): i
+                   for i, (name, cfg) in enumerate(runs)}
         for future in as_completed(futures):
-            done[futures[future]] = future.result()
-            print(json.dumps(done[futures[future]]), flush=True)
+            i = futures[future]
+            try:
+                done[i] = future.result()
+            except Exception as e:                     # the worker process itself died
+                done[i] = _error_row(runs[i][0], e)
+            print(json.dumps(done[i]), flush=True)
     return [done[i] for i in range(len(runs))]
+
+
+def _measure_or_error(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1) -> dict:
+    try:
+        return measure(name, cfg, device, cache_dir, sharing)
+    except Exception as e:
+        return _error_row(name, e)
+    finally:
+        gc.collect()                                   # what the failed run held, before the next one
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def _error_row(name: str, error: BaseException) -> dict:
+    first_line = (str(error).strip().splitlines() or [""])[0]
+    return {"run": name, "error": f"{type(error).__name__}: {first_line}", "gpu": gpu_name()}
 
 
 def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1) -> dict:

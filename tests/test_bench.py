@@ -42,6 +42,21 @@ def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_fi
     assert [r["sharing_device_with"] for r in parallel] == [1, 1]
 
 
+def test_a_run_that_fails_gets_an_error_row_and_the_others_still_run(tmp_path, titles_file):
+    base = tmp_path / "tiny.yaml"
+    base.write_text(yaml.safe_dump(TINY))
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", str(titles_file), "--base", str(base),
+                           "--ablate", "batch_size=4096", "--ablate", "mlp=relu2", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    rows = json.loads(out.read_text())
+    assert [r["run"] for r in rows] == ["base", "batch_size=4096", "mlp=relu2"]
+    assert rows[1]["error"].startswith("ScoringError: the training stream has")
+    assert "error" not in rows[0] and "error" not in rows[2] and 0 < rows[2]["val_loss"] < 10
+    assert "batch_size=4096" in proc.stdout and "failed: ScoringError" in proc.stdout
+
+
 def test_search_mode_reports_throughput_per_worker_count(tmp_path, titles_file):
     rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"),
                          "--trials", "2", "--jobs", "1,2", "--pruner", "none")
