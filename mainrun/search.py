@@ -609,6 +609,11 @@ class SearchOptions:
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
 
+    def uses_gpu(self) -> bool:
+        """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
+        import torch
+        return bool(self.gpus) or self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+
     def base_config(self, space: SearchSpace) -> RunConfig:
         """What every trial starts from: the space's fixed fields, then --dataset."""
         return RunConfig.from_dict({"dataset": self.dataset} if self.dataset else {},
@@ -618,11 +623,9 @@ class SearchOptions:
 def run_search(opts: SearchOptions) -> int:
     """Prepare the data once, open the study, run workers until it holds `opts.trials`
     finished trials. Returns the process exit code."""
-    import torch
-
     space = load_space(opts.space, opts.sampler, opts.pruner)       # validated before anything exists
     base = opts.base_config(space)
-    gpu = bool(opts.gpus) or opts.device.startswith("cuda") or (opts.device == "auto" and torch.cuda.is_available())
+    gpu = opts.uses_gpu()
     if not gpu and not space.cpu_ok:
         print("!" * 78 + "\n! WARNING: no GPU found. Each trial is a full seven-epoch run; on the CPU a search\n"
               "! of this space takes days. Use a machine with a GPU, or search_spaces/smoke.yaml to try it.\n"
@@ -652,7 +655,7 @@ def run_search(opts: SearchOptions) -> int:
 
 
 # The fields that decide a model's size and memory: what --dry-run names for the largest corner.
-SHAPE_FIELDS = ("d_model", "n_layer", "n_head", "mlp", "mlp_ratio", "vocab_size", "block_size", "batch_size",
+MEMORY_FIELDS = ("d_model", "n_layer", "n_head", "mlp", "mlp_ratio", "vocab_size", "block_size", "batch_size",
                 "optimizer", "pos_emb", "qk_norm", "tie_embeddings", "precision")
 
 
@@ -665,7 +668,7 @@ def plan_search(opts: SearchOptions) -> int:
 
     space = load_space(opts.space, opts.sampler, opts.pruner)
     base = opts.base_config(space)
-    on_gpu = torch.cuda.is_available() or opts.device.startswith("cuda") or bool(opts.gpus) or not space.cpu_ok
+    on_gpu = opts.uses_gpu() or not space.cpu_ok          # a GPU space is sized for the GPU it will run on
     device = torch.device("cuda" if on_gpu else "cpu")
 
     def need(cfg: RunConfig) -> int:
@@ -695,7 +698,7 @@ def plan_search(opts: SearchOptions) -> int:
     corners = [space.to_config(values, base) for values in space.corners(base)]
     needs = [need(c) for c in corners]
     largest = corners[needs.index(max(needs))]
-    shape = " ".join(f"{k}={_fmt(getattr(largest, k))}" for k in SHAPE_FIELDS if getattr(largest, k) != getattr(base, k))
+    shape = " ".join(f"{k}={_fmt(getattr(largest, k))}" for k in MEMORY_FIELDS if getattr(largest, k) != getattr(base, k))
     print(f"  {'largest of ' + str(len(corners)) + ' corners':<28}{size(largest)}  {shape}")
     if opts.memory_budget_gib:
         over = sum(n > opts.memory_budget_gib * GIB for n in needs)

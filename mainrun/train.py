@@ -97,8 +97,8 @@ def autocast(device: torch.device, precision: str):
 
 def compile_model(model: GPT, mode: str) -> None:
     """torch.compile in place. 'regional' compiles each block (the blocks share one compiled
-    graph, so compile time does not grow with depth) and the fp32 loss, where eager mode spends
-    most of its memory traffic on fp32 copies of the logits; 'model' compiles everything at once.
+    graph, so compile time does not grow with depth) and the fp32 loss, where eager mode writes
+    fp32 copies of the vocabulary-wide logits; 'model' compiles everything at once.
     Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_<user>)
     let any trial or worker on the machine load a graph another one already compiled."""
     if mode == "none":
