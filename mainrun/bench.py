@@ -104,9 +104,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{r['run']:<34} failed: {r['error']}")
             continue
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
+        peak_mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}"
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
               f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
-              f"{r['est_mem_mb']:>9,.0f}{r['peak_mem_mb']:>9,.0f}")
+              f"{r['est_mem_mb']:>9,.0f}{peak_mem:>9}")
     _write_json(args.json, rows)
     return 1 if any("error" in r for r in rows) else 0
 

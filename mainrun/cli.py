@@ -59,9 +59,10 @@ def train_main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
           f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, "
-          f"device {result.device} ({result.precision}), peak {result.peak_memory_mb:,.0f} MiB, log {Path(args.log)}")
+          f"device {result.device} ({result.precision}){peak}, log {Path(args.log)}")
     if not cfg.comparable:
         print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")
     print(f"val_loss={result.val_loss:.6f}")

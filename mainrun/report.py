@@ -352,6 +352,13 @@ def _count(n: Any) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{int(n):,}"
 
 
+def _megabytes(mb: Any) -> str:
+    """A peak-memory cell: measured on CUDA only, so a CPU trial has none."""
+    if not isinstance(mb, (int, float)) or isinstance(mb, bool):
+        return "–"
+    return f"{mb:,.0f}"
+
+
 def _seconds(seconds: float) -> str:
     s = int(round(seconds))
     if s >= 3600:
@@ -377,7 +384,7 @@ def _trial_row(rank: int | str, t: FrozenTrial, columns: list[str], best, baseli
              f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td>", f"<td class='l'>{escape(label)}</td>",
              f"<td>{as_number(a.get('train_seconds')):.1f}</td>",
              f"<td>{int(as_number(a.get('tokens_per_second'))):,}</td>",
-             f"<td>{as_number(a.get('peak_memory_mb')):,.0f}</td>",
+             f"<td>{_megabytes(a.get('peak_memory_mb'))}</td>",
              f"<td>{_count(n_params)}</td>",
              f"<td>{escape(a.get('steps', '–'))}</td>"]
     cells += [f"<td>{escape(_fmt(params[c])) if c in params else '–'}</td>" for c in columns]

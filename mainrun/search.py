@@ -395,7 +395,8 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
         trial.set_user_attr("setup_seconds", round(result.setup_seconds, 3))
         trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
-        trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
+        if result.peak_memory_mb is not None:
+            trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
         trial.set_user_attr("device", f"{result.device} ({result.precision})")
         trial.set_user_attr("steps", result.steps)
         trial.set_user_attr("max_steps", result.max_steps)

@@ -50,7 +50,7 @@ class RunResult:
     # capture, compilation, then one step and one scoring pass. The rest is the steady state.
     setup_seconds: float = 0.0
     tokens_per_second: float = 0.0
-    peak_memory_mb: float = 0.0
+    peak_memory_mb: float | None = None                # max_memory_allocated; measured on CUDA only
     device: str = "cpu"
     precision: str = "fp32"
 

@@ -32,6 +32,7 @@ def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_fi
         assert r["train_s"] > 0 and r["tokens_per_s"] > 0 and r["tflops"] > 0
         assert 0 < r["setup_s"] < r["train_s"]
         assert r["est_mem_mb"] > 0 and r["gpu"] == "cpu"
+        assert r["peak_mem_mb"] is None                   # measured on CUDA only
     assert rows[1]["params"] > rows[0]["params"]          # at this width swiglu rounds its branches up to 64
     assert "est MiB" in stdout and "mlp=swiglu" in stdout
     # the same runs two at a time, each in its own process: the same val losses
