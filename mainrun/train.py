@@ -210,8 +210,8 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device)
             + logits + scoring + overhead)
 
 
-# Fields that cannot change a model's parameter shapes: configs differing only in these share
-# one meta-device build in model_shape (a search's dry run sizes thousands of corners).
+# Fields that cannot change a model's parameter shapes: configs differing only in these (and in
+# depth) share one meta-device build in model_shape (a search's dry run sizes thousands of corners).
 NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "dropout", "scaled_residual_init", "epochs", "optimizer",
              "lr", "weight_decay", "decay_all", "momentum", "nesterov", "muon_momentum", "beta1", "beta2", "eps",
              "schedule", "warmup_steps", "min_lr_frac", "decay_frac", "grad_clip", "precision", "cuda_graph",
@@ -219,16 +219,22 @@ NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "dropout", "scaled_res
 
 
 def model_shape(cfg: RunConfig, vocab_size: int) -> tuple[int, int]:
-    """(parameter count, MLP hidden width) of the model `cfg` builds, from a build on the meta
-    device: shapes only, nothing is allocated."""
-    return _model_shape(vocab_size, tuple((k, v) for k, v in cfg.to_dict().items() if k not in NOT_SHAPE))
+    """(parameter count, MLP hidden width) of the model `cfg` builds, from a one-block build on
+    the meta device: shapes only, nothing is allocated. The blocks are identical, so the count
+    is linear in depth (a meta build costs ~50 ms, mostly weight init, and a dry run sizes
+    hundreds of shapes)."""
+    shape = tuple((k, v) for k, v in cfg.to_dict().items() if k not in NOT_SHAPE and k != "n_layer")
+    outside, per_block, hidden = _one_block_shape(vocab_size, shape)
+    return outside + cfg.n_layer * per_block, hidden
 
 
 @functools.lru_cache(maxsize=1024)
-def _model_shape(vocab_size: int, shape: tuple) -> tuple[int, int]:
+def _one_block_shape(vocab_size: int, shape: tuple) -> tuple[int, int, int]:
+    """(params outside the blocks, params per block, MLP hidden width)."""
     with torch.device("meta"):
-        model = GPT(RunConfig.from_dict({**dict(shape), "mainrun_rules": False}), vocab_size)
-    return model.num_params(), model.blocks[0].mlp.up.out_features
+        model = GPT(RunConfig.from_dict({**dict(shape), "n_layer": 1, "mainrun_rules": False}), vocab_size)
+    per_block = sum(p.numel() for p in model.blocks[0].parameters())
+    return model.num_params() - per_block, per_block, model.blocks[0].mlp.up.out_features
 
 
 def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:

@@ -631,7 +631,7 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
     assert estimate("cuda") - estimate("cuda", dropout=0.0) < base - no_dropout
     # the cached meta-device build counts what a real build has
     for changes in ({}, {"mlp": "swiglu"}, {"tie_embeddings": False, "bias": False}, {"qk_norm": True, "dropout": 0.3},
-                    {"pos_emb": "rope", "norm": "rmsnorm", "optimizer": "sgd"}):
+                    {"pos_emb": "rope", "norm": "rmsnorm", "optimizer": "sgd"}, {"n_layer": 5, "mlp": "relu2"}):
         c = cfg.replace(**changes)
         model = GPT(c, 2000)
         assert train_mod.model_shape(c, 2000) == (model.num_params(), model.blocks[0].mlp.up.out_features)
