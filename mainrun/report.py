@@ -453,7 +453,9 @@ def totals_cards(totals: Totals, best, baseline) -> str:
     lines = [f"Spent: {totals.spent_seconds:,.0f} {u} = {totals.train_seconds:,.0f} s training + "
              f"{totals.prep_seconds:,.0f} s data preparation, summed over all trials "
              f"(parallel workers count separately; devices: {', '.join(totals.devices) or 'unknown'})."]
-    if totals.full_steps:
+    if not totals.counts["pruned"]:
+        lines.append("No trial was pruned, so pruning saved nothing.")
+    elif totals.full_steps:
         whole = totals.spent_seconds + totals.saved_seconds
         would = totals.pruned_seconds + totals.saved_seconds
         lines.append(

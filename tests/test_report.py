@@ -293,3 +293,17 @@ def test_made_up_study_without_a_complete_trial_still_reports(tmp_path):
     page = build_report(url, "none-yet", tmp_path / "out").read_text()
     assert "No complete trial yet." in page and "Parameter importances need at least" in page
     assert [p.name for p in (tmp_path / "out").glob("*.png")] == ["intermediate_values.png"]
+
+
+def test_a_study_without_pruned_trials_says_pruning_saved_nothing(tmp_path):
+    from mainrun.report import build_report
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    study = optuna.create_study(study_name="unpruned", storage=url)
+    for value in (2.0, 1.5):
+        trial = study.ask()
+        trial.report(value + 0.5, 0)
+        trial.set_user_attr("train_seconds", 10.0)
+        trial.set_user_attr("steps", 924)
+        study.tell(trial, value)
+    page = build_report(url, "unpruned", tmp_path / "out").read_text()
+    assert "No trial was pruned, so pruning saved nothing." in page and "Saved by pruning" not in page
