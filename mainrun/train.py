@@ -2,7 +2,8 @@
 
 `train(cfg, data)` runs one full training run and returns a `RunResult`. After each
 evaluation it hands (eval index, step, val loss) to an optional callback, which can stop
-the run by returning True: that is how the search prunes.
+the run by returning True: that is how the search prunes. At the last evaluation the run is
+already complete, so it is recorded as complete whatever the callback says.
 
 The loop keeps the token ids on the device and never waits for the GPU inside a step:
 per-step losses go into a device buffer that is read (and logged) every few dozen steps.
@@ -515,8 +516,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
                     bar.write(f"[{step:>5}/{max_steps}] validation loss {val_loss:.4f}  ({elapsed:.1f}s)")
                 if not math.isfinite(val_loss):
                     result.diverged = f"validation loss became {val_loss} at step {step}"
-                elif on_eval is not None and on_eval(eval_index, step, val_loss):
-                    result.stopped_early = True
+                elif on_eval is not None and on_eval(eval_index, step, val_loss) and step < max_steps:
+                    result.stopped_early = True       # at the last step there is nothing left to save
                 eval_index += 1
             if result.diverged or result.stopped_early:
                 break

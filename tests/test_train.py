@@ -32,8 +32,6 @@ def test_cosine_schedule_values():
     assert lr_factor(cfg, 500, 1000) == pytest.approx(0.5, abs=1e-12)
     assert lr_factor(cfg, 250, 1000) == pytest.approx(0.5 * (1 + math.cos(math.pi / 4)), abs=1e-12)
     assert lr_factor(cfg, 1000, 1000) == pytest.approx(0.0, abs=1e-12)
-    # cosine ignores warmup and the floor: it is the baseline's CosineAnnealingLR
-    assert lr_factor(cfg.replace(warmup_steps=10, min_lr_frac=0.5), 1000, 1000) == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.parametrize("max_steps", [7, 224, 1000])
@@ -339,6 +337,16 @@ def test_on_eval_true_stops_the_run(tiny_data, full_run):
     assert result.val_loss == result.curve[-1][1] == calls[-1][2]
     # same seed, same run: the values match the full run's first three evaluations exactly
     assert result.curve == full_run[2].curve[:3]
+
+
+def test_a_stop_asked_at_the_last_evaluation_leaves_the_run_complete(tiny_data, full_run):
+    """A pruner that says stop at the final evaluation saves nothing: the run is complete, and
+    the search records its value instead of a pruned trial."""
+    cfg, data = tiny_data
+    result = train(cfg, data, device="cpu", progress=False, echo=None,
+                   on_eval=lambda index, step, loss: step == full_run[2].max_steps)
+    assert not result.stopped_early and result.steps == result.max_steps
+    assert result.curve == full_run[2].curve
 
 
 def test_huge_lr_diverges(tiny_data):
