@@ -114,6 +114,13 @@ class RunConfig:
                f"d_model ({self.d_model}) must be divisible by n_head ({self.n_head})")
         _check(self.pos_emb != "rope" or self.head_dim % 2 == 0, "pos_emb",
                f"rope needs an even head dimension; d_model/n_head = {self.head_dim}")
+        _check(int(self.mlp_ratio * self.d_model) >= 1, "mlp_ratio",
+               f"mlp_ratio * d_model must give at least one hidden unit; got {self.mlp_ratio} * {self.d_model}")
+        # the baseline's cosine (CosineAnnealingLR to 0) has neither: a value here would be ignored
+        for name in ("warmup_steps", "min_lr_frac"):
+            _check(self.schedule != "cosine" or getattr(self, name) == 0, name,
+                   f"schedule 'cosine' (the baseline's, down to 0 with no warmup) ignores it; got "
+                   f"{getattr(self, name)!r}; use schedule warmup_cosine, linear or wsd")
         if self.mainrun_rules:
             baseline = RunConfig.__dataclass_fields__
             for name in MAINRUN_FIXED:
@@ -201,6 +208,8 @@ _FIELD_RULES: dict[str, tuple[Any, str]] = {
     "mlp_ratio": (lambda v: v > 0, "> 0"),
     "vocab_size": (lambda v: v >= 259, "at least 259 (256 bytes + 3 special tokens)"),
     "dataset": (lambda v: bool(v.strip()), "a hub id or a path, not empty"),
+    # datasets' shuffle wants it >= 0, torch.manual_seed below 2**64
+    "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
 }
 
 

@@ -186,9 +186,19 @@ def test_impossible_values_are_refused_naming_the_key(key, value):
 
 
 def test_boundary_values_are_accepted():
-    cfg = RunConfig.from_dict({"dropout": 0.0, "momentum": 0.0, "min_lr_frac": 1.0, "grad_clip": 0,
+    cfg = RunConfig.from_dict({"dropout": 0.0, "momentum": 0.0, "schedule": "linear", "min_lr_frac": 1.0, "grad_clip": 0,
                                "vocab_size": 259, "lr": 1e-9})
     assert cfg.dropout == 0.0 and cfg.vocab_size == 259
+
+
+def test_values_that_would_be_ignored_or_crash_later_are_refused():
+    for changes in ({"warmup_steps": 100}, {"min_lr_frac": 0.1}):            # under the baseline's cosine
+        msg = refusal(changes)
+        assert f"'{next(iter(changes))}'" in msg and "warmup_cosine" in msg
+    assert RunConfig.from_dict({"schedule": "warmup_cosine", "warmup_steps": 100}).warmup_steps == 100
+    assert "'mlp_ratio'" in refusal({"mlp_ratio": 0.001})                      # no hidden unit left
+    for seed in (-1, 2**64):
+        assert "'seed'" in refusal({"seed": seed, "mainrun_rules": False})
 
 
 def test_d_model_not_divisible_by_n_head():
