@@ -194,14 +194,16 @@ def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print)
     """Titles -> tokenizer -> id streams, cached on disk by everything that affects them.
     Concurrent processes serialise on a file lock; the winner writes into a temporary
     folder and renames it into place, so a reader never sees a half-written entry.
-    A local file that has not changed (same path, size and mtime) is not even re-read."""
+    A local file that has not changed (same path, size and mtime) is not even re-read: its
+    titles' digest is remembered, and the key is derived from it as for any other source."""
     from filelock import FileLock
 
     t0 = time.perf_counter()
     root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     root.mkdir(parents=True, exist_ok=True)
     stamp = _source_stamp(cfg, root)
-    key = stamp.read_text().strip() if stamp is not None and stamp.is_file() else None
+    digest = stamp.read_text().strip() if stamp is not None and stamp.is_file() else None
+    key = cache_key(digest, cfg.vocab_size) if digest else None
     cached = key is not None and (root / key / "meta.json").is_file()
     if not cached:
         train, val = load_titles(cfg.dataset, cfg.num_titles, cfg.seed, cfg.val_frac)
@@ -215,7 +217,7 @@ def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print)
                     log(f"data: training a {cfg.vocab_size:,}-token BPE tokenizer on {len(train) + len(val):,} titles")
                     _build_entry(root / key, train, val, cfg.vocab_size, digest)
         if stamp is not None:
-            _write_atomic(stamp, key)
+            _write_atomic(stamp, digest)
     entry = root / key
     meta = json.loads((entry / "meta.json").read_text())
     data = Data(
@@ -230,13 +232,13 @@ def prepare_data(cfg: RunConfig, cache_dir: str | Path | None = None, log=print)
 
 
 def _source_stamp(cfg: RunConfig, root: Path) -> Path | None:
-    """For a local file: where the cache key of (this exact file version, split, vocab) is kept."""
+    """For a local file: where the titles digest of (this exact file version, split) is kept."""
     path = Path(cfg.dataset).expanduser()
     if not path.is_file():
         return None
     st = path.stat()
-    spec = [CACHE_FORMAT, str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.num_titles, cfg.seed,
-            cfg.val_frac, cfg.vocab_size]
+    spec = [CACHE_FORMAT, "titles_sha256", str(path.resolve()), st.st_size, st.st_mtime_ns, cfg.num_titles,
+            cfg.seed, cfg.val_frac]
     return root / "stamps" / hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:24]
 
 
@@ -248,6 +250,9 @@ def _write_atomic(path: Path, text: str) -> None:
 
 
 def _build_entry(entry: Path, train: list[str], val: list[str], vocab_size: int, digest: str) -> None:
+    """Build into a temporary folder and rename it into place. Called under the entry's lock."""
+    for stale in entry.parent.glob(f".{entry.name}.*"):   # left by a build that was killed
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:
         tokenizer = train_tokenizer(train + val, vocab_size)

@@ -393,6 +393,18 @@ def test_a_changed_dataset_file_is_not_served_from_the_cache(tiny_config, tmp_pa
     assert second.val_chars == len(join_titles(val))
 
 
+def test_a_new_tokenizers_version_is_not_served_an_old_entry(tiny_config, tmp_path, monkeypatch):
+    """The unchanged-file shortcut remembers the titles, not the key: the key still follows the
+    tokenizer settings."""
+    import tokenizers
+    cache = tmp_path / "cache"
+    first = prepare_data(tiny_config, cache, log=quiet)
+    monkeypatch.setattr(tokenizers, "__version__", tokenizers.__version__ + ".next")
+    second = prepare_data(tiny_config, cache, log=quiet)
+    assert not second.cached and second.key != first.key and second.titles_sha256 == first.titles_sha256
+    assert prepare_data(tiny_config, cache, log=quiet).cached
+
+
 def test_tokenizer_training_is_reproducible(tiny_config, tmp_path):
     a = prepare_data(tiny_config, tmp_path / "one", log=quiet)
     b = prepare_data(tiny_config, tmp_path / "two", log=quiet)
@@ -407,8 +419,10 @@ def test_incomplete_entry_is_rebuilt(tiny_config, tmp_path):
     key = cache_key(titles_digest(train, val), tiny_config.vocab_size)
     (cache / key).mkdir(parents=True)
     (cache / key / "train_ids.npy").write_bytes(b"half-written")        # a crash before meta.json
+    (cache / f".{key}.k1ll3d").mkdir()                                  # a build killed in its temp folder
+    (cache / f".{key}.k1ll3d" / "tokenizer.json").write_text("{}")
     d = prepare_data(tiny_config, cache, log=quiet)
-    assert d.key == key and not d.cached
+    assert d.key == key and not d.cached and leftovers(cache) == []
     assert len(d.train_ids) > 1000
     assert prepare_data(tiny_config, cache, log=quiet).cached
 
