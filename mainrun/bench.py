@@ -32,7 +32,8 @@ from .model import GPT
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
-BF16_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0}
+# The first name contained in the device name wins, so the PCIe and NVL parts come first.
+BF16_PEAK_TFLOPS = {"H100 PCIe": 756.0, "H100 NVL": 835.0, "H100": 989.0, "H200": 989.0, "A100": 312.0}
 
 
 def flops_per_token(cfg: RunConfig, vocab_size: int) -> float:
