@@ -52,8 +52,9 @@ SAMPLERS = {
     "gp": (optuna.samplers.GPSampler, {}),
     "grid": (optuna.samplers.GridSampler, {}),
 }
-# Pruner steps are evaluation indices (0 = step 1, then three per epoch): the same
-# progress points for every trial whatever its batch size. Warm-up 3 = the first epoch.
+# Pruner steps are evaluation indices (0 = step 1, then every batches_per_epoch // 3 steps):
+# about the same progress points for every trial whatever its batch size. Warm-up 3 = the
+# first epoch (to within a step or two when the batches per epoch are not a multiple of 3).
 PRUNERS = {
     "median": (optuna.pruners.MedianPruner, {"n_startup_trials": 5, "n_warmup_steps": 3}),
     "percentile": (optuna.pruners.PercentilePruner, {"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": 3}),
