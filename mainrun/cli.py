@@ -48,13 +48,14 @@ def train_main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from .data import DataError, prepare_data
-    from .train import ScoringError, train
+    from .train import DeviceError, ScoringError, resolve_device, train
 
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
+        device = resolve_device(args.device)                  # before the data work, not after it
         data = prepare_data(cfg, args.cache_dir)
-        result = train(cfg, data, device=args.device, log_path=args.log, progress=not args.no_progress)
-    except (ConfigError, DataError, ScoringError) as e:
+        result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress)
+    except (ConfigError, DataError, ScoringError, DeviceError) as e:
         _fail(str(e))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
@@ -180,12 +181,20 @@ def export_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output YAML file")
     args = parser.parse_args(argv)
 
+    from optuna.trial import TrialState
+
     from .search import SearchError, export_trial
     try:
-        number, value = export_trial(args.storage, args.study, args.out, args.trial)
+        trial = export_trial(args.storage, args.study, args.out, args.trial)
     except (ConfigError, SearchError) as e:
         _fail(str(e))
-    print(f"exported trial {number} (val_loss {value:.6f}) to {args.out}")
+    if trial.state == TrialState.COMPLETE:
+        print(f"exported trial {trial.number} (val_loss {trial.value:.6f}) to {args.out}")
+    else:                         # its config runs, but no full run of it has a number to reproduce
+        why = trial.user_attrs.get("prune_reason") or trial.user_attrs.get("fail_reason") or "no reason recorded"
+        print(f"exported trial {trial.number} to {args.out}", flush=True)
+        print(f"note: trial {trial.number} is {trial.state.name.lower()} ({why}); it has no full-run val_loss "
+              "to reproduce", file=sys.stderr)
     print(f"next: mainrun-train --config {args.out}")
     return 0
 

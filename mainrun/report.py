@@ -21,7 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .search import DEFAULT_STORAGE, METRIC, SearchError, open_study_readonly, redact, version
+from .search import DEFAULT_STORAGE, METRIC, SearchError, display_params, open_study_readonly, redact, version
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
 # trials with all of them; with a handful of trials that is noise).
@@ -124,22 +124,6 @@ def best_trial(study: optuna.Study) -> FrozenTrial | None:
         return study.best_trial
     except ValueError:                      # no complete trial yet
         return None
-
-
-def display_params(trial: FrozenTrial) -> dict[str, Any]:
-    """The trial's params as a person reads them: an ordered-values index (head_dim_index,
-    beta2_index) is shown as the value it stands for, taken from the trial's config."""
-    cfg = trial.user_attrs.get("config") or {}
-    shown: dict[str, Any] = {}
-    for name, value in trial.params.items():
-        base = name[:-len("_index")] if name.endswith("_index") else None
-        if base and base in cfg:
-            shown[base] = cfg[base]
-        elif base == "head_dim" and cfg.get("n_head"):
-            shown[base] = cfg["d_model"] // cfg["n_head"]
-        else:
-            shown[name] = value
-    return shown
 
 
 # ---------------------------------------------------------------------- figures

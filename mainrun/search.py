@@ -62,9 +62,10 @@ class TrialRefused(TrialFailed):
 
 
 def _not_an_expected_failure(record: logging.LogRecord) -> bool:
-    # Optuna logs each caught trial exception with its traceback. A TrialFailed is expected: its
-    # reason is recorded as fail_reason and printed on the trial's line already.
-    return not (record.exc_info and isinstance(record.exc_info[1], TrialFailed))
+    # Optuna logs each trial exception with its traceback. A TrialFailed is expected: its reason
+    # is recorded as fail_reason and printed on the trial's line already. So is an interrupt:
+    # the worker says so in one line.
+    return not (record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)))
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_not_an_expected_failure)
@@ -121,7 +122,11 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = _parse_url(settings.url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
+        raise SearchError(f"--storage {redact(settings.url)}: an in-memory SQLite database lives in one process "
+                          "and is gone at exit, so workers cannot share it and nothing can resume; use a file, "
+                          f"e.g. {DEFAULT_STORAGE}")
+    if parsed.get_backend_name() == "sqlite":
         db = Path(parsed.database)
         db.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
@@ -202,7 +207,9 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
         theirs = study.user_attrs
         mismatch = []
         if theirs.get("space_sha256") not in (None, space.sha256):
-            mismatch.append(f"search space (it was made from {theirs.get('space_file')})")
+            mismatch.append(f"search space or policy (it was made from {theirs.get('space_file')} with sampler "
+                            f"{theirs.get('sampler')} and pruner {theirs.get('pruner')}; --sampler and --pruner "
+                            "replace the file's options with mainrun's defaults, which counts as a change)")
         if theirs.get("titles_sha256") not in (None, data.titles_sha256):
             mismatch.append(f"dataset (it was made on {theirs.get('dataset')})")
         if mismatch:
@@ -216,6 +223,10 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
             echo(f"search: starting a new study '{name}' (--new-study)")
         else:
             echo(f"search: resuming study '{name}' ({_summary(tally(study))})")
+            added = _enqueue_untried(study, space)
+            if added:
+                echo(f"search: enqueued {', '.join(added)}: known configs of the space not tried yet "
+                     "(added to the file since, or interrupted)")
             _set_policy(study, space, seed)
             return study
     study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
@@ -228,12 +239,28 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
     study.set_user_attr("dataset", base.dataset)
     study.set_user_attr("titles_sha256", data.titles_sha256)
     study.set_user_attr("mainrun_version", version())
-    for label, params in space.enqueue:
-        study.enqueue_trial(params, user_attrs={"enqueued_as": label}, skip_if_exists=True)
+    added = _enqueue_untried(study, space)
     _save_dashboard_note(study, space, base)
-    echo(f"search: created study '{name}'" + (f" with {len(space.enqueue)} enqueued trials" if space.enqueue else ""))
+    echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
     _set_policy(study, space, seed)
     return study
+
+
+def _enqueue_untried(study: optuna.Study, space: SearchSpace) -> list[str]:
+    """Enqueue the space's known configs that the study has not tried; return their labels.
+    A new study gets all of them. A resumed one gets those added to the file since and those
+    whose trial was interrupted. A known config that finished, failed on its own (OOM, refused)
+    or is still waiting or running is not enqueued again. (Optuna's skip_if_exists would also
+    skip an interrupted one.)"""
+    tried = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)
+             if not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted")]
+    added = []
+    for label, params in space.enqueue:
+        if params not in tried:
+            study.enqueue_trial(params, user_attrs={"enqueued_as": label})
+            tried.append(params)
+            added.append(label)
+    return added
 
 
 def _set_policy(study: optuna.Study, space: SearchSpace, seed: int | None) -> None:
@@ -453,6 +480,7 @@ class Admission:
         if _past(self.deadline):                  # --timeout: no new trials; running ones finish
             return False
         self.lock.acquire()
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is retried, not counted as running
         counts = tally(study)
         # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
         # trial a worker asks for *is* the oldest waiting one.
@@ -484,8 +512,18 @@ def _set_up_worker(ctx: WorkerContext, admission: Admission):
     base = RunConfig.from_dict(ctx.base)
     data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
     study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
-    _set_policy(study, space, None if ctx.seed is None else ctx.seed + ctx.worker)
+    _set_policy(study, space, _sampler_seed(ctx.seed, ctx.worker, len(study.get_trials(deepcopy=False))))
     return study, make_objective(space, base, data, ctx, admission)
+
+
+def _sampler_seed(seed: int | None, worker: int, trials_so_far: int) -> int | None:
+    """A worker's sampler seed, from --seed, the worker and the trials the study already holds:
+    reproducible for a fresh study, but a resumed study (or a later round of workers) does not
+    replay the first run's suggestions, which would all be duplicates."""
+    if seed is None:
+        return None
+    digest = hashlib.sha256(f"{seed}/{worker}/{trials_so_far}".encode()).digest()
+    return int.from_bytes(digest[:4], "big")
 
 
 def run_worker(ctx: WorkerContext) -> int:
@@ -537,6 +575,22 @@ def _worker_process(ctx: WorkerContext) -> None:
 
 
 # ---------------------------------------------------------------------- terminal output
+def display_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
+    """The trial's params as a person reads them: an ordered-values index (head_dim_index,
+    beta2_index) is shown as the value it stands for, taken from the trial's config."""
+    cfg = trial.user_attrs.get("config") or {}
+    shown: dict[str, Any] = {}
+    for name, value in trial.params.items():
+        base = name[:-len("_index")] if name.endswith("_index") else None
+        if base and base in cfg:
+            shown[base] = cfg[base]
+        elif base == "head_dim" and cfg.get("n_head"):
+            shown[base] = cfg["d_model"] // cfg["n_head"]
+        else:
+            shown[name] = value
+    return shown
+
+
 def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.3g}"
@@ -568,7 +622,7 @@ def print_trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, ctx: 
         outcome = f"val_loss {last:.4f} pruned at eval {trial.last_step}"
     else:
         outcome = f"FAILED ({trial.user_attrs.get('fail_reason', 'see log')})"
-    params = " ".join(f"{k}={_fmt(v)}" for k, v in trial.params.items())
+    params = " ".join(f"{k}={_fmt(v)}" for k, v in display_params(trial).items())
     print(f"[w{ctx.worker}] trial {trial.number:>3} | {outcome} | {best_txt} | {finished}/{ctx.trials} finished | "
           f"{_duration(elapsed)} elapsed, ETA {eta} | {params}", flush=True)
 
@@ -580,7 +634,7 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
     if done:
         print(f"{'trial':>5}  {'val_loss':>8}  {'train s':>7}  params")
         for t in done[:top]:
-            params = " ".join(f"{k}={_fmt(v)}" for k, v in t.params.items())
+            params = " ".join(f"{k}={_fmt(v)}" for k, v in display_params(t).items())
             print(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  {params}")
     storage_flag = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact(storage_url)}'"
     print("\nnext:")
@@ -631,16 +685,19 @@ def run_search(opts: SearchOptions) -> int:
         print("!" * 78 + "\n! WARNING: no GPU found. Each trial is a full seven-epoch run; on the CPU a search\n"
               "! of this space takes days. Use a machine with a GPU, or search_spaces/smoke.yaml to try it.\n"
               + "!" * 78, flush=True)
+    devices = _worker_devices(opts, gpu)
+    storage = open_storage(opts.storage)                            # a bad URL fails before the data work
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
-    storage = open_storage(opts.storage)
     name = opts.study or Path(opts.space).stem
     study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
     artifacts.mkdir(parents=True, exist_ok=True)
     print(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}", flush=True)
 
-    devices = _worker_devices(opts, gpu)
     start, finished_at_start = time.time(), _finished(study)
+    if finished_at_start >= opts.trials:
+        print(f"search: study '{study.study_name}' already holds {finished_at_start} finished trials, at least "
+              f"--trials {opts.trials}; nothing to run (raise --trials to run more)", flush=True)
     threads = max(1, (os.cpu_count() or 1) // len(devices)) if not gpu else None
     contexts = [WorkerContext(space_path=opts.space, base=base.to_dict(), storage=opts.storage,
                               study_name=study.study_name, trials=opts.trials, device=dev,
@@ -708,10 +765,18 @@ def plan_search(opts: SearchOptions) -> int:
 
 
 def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
+    """One device name per worker, each checked to exist here before anything is created."""
+    from .train import DeviceError, resolve_device
     if opts.gpus:
-        return [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
-    device = ("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device
-    return [device] * max(1, opts.jobs)
+        devices = [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
+    else:
+        devices = [("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device] * max(1, opts.jobs)
+    for name in sorted(set(devices)):
+        try:
+            resolve_device(name)
+        except DeviceError as e:
+            raise SearchError(str(e)) from None
+    return devices
 
 
 def _finished(study: optuna.Study) -> int:
@@ -750,6 +815,7 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
     A worker killed between creating a trial and its first heartbeat leaves a trial that
     Optuna never considers stale; one heartbeat recorded here gives it a clock."""
     storage = study._storage
+    optuna.storages.fail_stale_trials(study)          # those whose heartbeat expired already: now
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
     deadline = time.time() + settings.heartbeat_grace * 3
@@ -792,7 +858,9 @@ def _run_workers(contexts: list[WorkerContext]) -> list[int]:
 
 
 # ---------------------------------------------------------------------- export
-def export_trial(storage_url: str, study_name: str, out: str, trial_number: int | None = None) -> tuple[int, float]:
+def export_trial(storage_url: str, study_name: str, out: str,
+                 trial_number: int | None = None) -> optuna.trial.FrozenTrial:
+    """Write the run config of the best (or the given) trial to `out`; return that trial."""
     study = open_study_readonly(storage_url, study_name)
     if trial_number is None:
         try:
@@ -807,11 +875,16 @@ def export_trial(storage_url: str, study_name: str, out: str, trial_number: int 
     if "config" not in trial.user_attrs:
         raise SearchError(f"trial {trial.number} has no recorded config (state {trial.state.name})")
     cfg = RunConfig.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}")
-    value = trial.value if trial.value is not None else float("nan")
-    header = (f"mainrun run config exported from study '{study_name}', trial {trial.number} "
-              f"({trial.state.name.lower()}, val_loss {value:.6f})\n"
+    if trial.state == TrialState.COMPLETE:
+        outcome, run = f"complete, val_loss {trial.value:.6f}", "reproduce"
+    else:          # a pruned trial's value is its last intermediate one, not a full run's
+        outcome, run = f"{trial.state.name.lower()}, no full-run val_loss", "train it"
+    header = (f"mainrun run config exported from study '{study_name}', trial {trial.number} ({outcome})\n"
               f"exported {time.strftime('%Y-%m-%d %H:%M:%S')} by mainrun {version()}\n"
-              f"reproduce: mainrun-train --config {Path(out).name}")
-    cfg.to_yaml(out, header=header)
-    return trial.number, value
+              f"{run}: mainrun-train --config {Path(out).name}")
+    try:
+        cfg.to_yaml(out, header=header)
+    except OSError as e:
+        raise SearchError(f"cannot write {out}: {e.strerror or e}") from None
+    return trial
 

@@ -36,6 +36,10 @@ class ScoringError(ValueError):
     """The validation stream cannot be scored with the configured geometry."""
 
 
+class DeviceError(ValueError):
+    """The requested device is not a device, or not on this machine."""
+
+
 @dataclass
 class RunResult:
     val_loss: float                                    # last evaluation's value (nan if it diverged)
@@ -80,7 +84,17 @@ class RunLog:
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise DeviceError(f"device {name!r}: not a device name (auto, cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise DeviceError(f"device {name!r}: this machine has no CUDA GPU that torch {torch.__version__} can use")
+        if device.index is not None and device.index >= count:
+            raise DeviceError(f"device {name!r}: this machine has {count} CUDA GPU(s), numbered from 0")
+    return device
 
 
 def resolve_precision(cfg: RunConfig, device: torch.device) -> str:

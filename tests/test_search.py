@@ -135,6 +135,23 @@ def test_export_errors_exit_2(smoke_study, tmp_path):
                               "--out", str(tmp_path / "o.yaml")), capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no study database" in proc.stderr
     assert not missing.exists() and not (tmp_path / "o.yaml").exists()
+    proc = subprocess.run(cli("mainrun-export", "--study", "s", "--storage", f"sqlite:///{tmp / 'x.db'}",
+                              "--out", str(tmp_path)), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cannot write" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_pruned_trial_exports_without_claiming_a_value(smoke_study, tmp_path):
+    tmp, _ = smoke_study
+    pruned = load(tmp, "s").get_trials(states=(TrialState.PRUNED,))[0]
+    out = tmp_path / "pruned.yaml"
+    proc = subprocess.run(cli("mainrun-export", "--study", "s", "--storage", f"sqlite:///{tmp / 'x.db'}",
+                              "--trial", str(pruned.number), "--out", str(out)), capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert f"trial {pruned.number} is pruned (pruned at evaluation" in proc.stderr
+    header = out.read_text().splitlines()[0]
+    assert "(pruned, no full-run val_loss)" in header and "reproduce" not in out.read_text()
+    assert yaml.safe_load(out.read_text()) == pruned.user_attrs["config"]
 
 
 def _free_port() -> int:
@@ -352,6 +369,23 @@ def test_bad_datasets_exit_2_before_anything_is_written(tmp_path):
         assert not (tmp_path / "x.db").exists()
 
 
+def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, titles_file):
+    import torch
+
+    cases = [(["--device", "bogus"], "not a device name"),
+             (["--storage", "sqlite://"], "in-memory SQLite"),
+             (["--storage", "sqlite:///:memory:"], "in-memory SQLite")]
+    if not torch.cuda.is_available():
+        cases += [(["--gpus", "0"], "no CUDA GPU"), (["--device", "cuda"], "no CUDA GPU")]
+    for args, words in cases:
+        argv = cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file), *args)
+        env = {**os.environ, "MAINRUN_CACHE_DIR": str(tmp_path / "cache")}
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["titles.txt"], args   # no study, no data work
+
+
 def test_unreachable_storage_exits_2_without_echoing_the_password(tmp_path, titles_file):
     url = "postgresql+psycopg://mainrun:s3cr3t-pw@127.0.0.1:9/nodb"
     proc = subprocess.run(cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
@@ -389,6 +423,47 @@ def test_a_repeated_suggestion_reuses_the_finished_trial(tmp_path, titles_file):
         original = next(o for o in trials if o.number == t.user_attrs["duplicate_of"])
         assert t.params == original.params and t.value == original.value
         assert "train_seconds" not in t.user_attrs                  # no run was spent on it
+
+
+def test_a_resumed_seeded_search_does_not_replay_its_first_suggestions(tmp_path, titles_file):
+    args = ["--dataset", str(titles_file), "--study", "r", "--seed", "0", "--sampler", "random", "--pruner", "none"]
+    assert search(tmp_path, *args, "--trials", "2").returncode == 0
+    proc = search(tmp_path, *args, "--trials", "4")
+    assert proc.returncode == 0, proc.stderr
+    trials = load(tmp_path, "r").trials
+    assert len(finished(load(tmp_path, "r"))) == 4
+    assert not [t.number for t in trials if "duplicate_of" in t.user_attrs]
+    assert len({t.params["lr"] for t in trials}) == 4
+    # a smaller --trials than the study holds: said plainly, nothing run
+    proc = search(tmp_path, *args, "--trials", "3")
+    assert proc.returncode == 0 and "already holds 4 finished trials" in proc.stdout
+    assert len(load(tmp_path, "r").trials) == 4
+
+
+def test_a_resume_enqueues_known_configs_added_since_or_interrupted(tmp_path, titles_file):
+    space = tmp_path / "known.yaml"
+    data = yaml.safe_load(SMOKE.read_text())
+    data["pruner"] = {"name": "none"}
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    args = ["--dataset", str(titles_file), "--study", "k"]
+    assert search(tmp_path, *args, "--trials", "1", space=space).returncode == 0
+    study = load(tmp_path, "k")
+    # a known config whose trial was interrupted (as Ctrl-C records it) ...
+    interrupted = {"optimizer": "adamw", "lr": 0.002, "d_model": 16, "head_dim": 8, "mlp": "relu2"}
+    study.enqueue_trial(interrupted, user_attrs={"enqueued_as": "was-interrupted"})
+    trial = study.ask()
+    trial.set_user_attr("fail_reason", "interrupted")
+    study.tell(trial, state=TrialState.FAIL)
+    # ... and one added to the file since: both run on resume; the finished one does not run again
+    added = {"optimizer": "adamw", "lr": 0.01, "d_model": 32, "head_dim": 16, "mlp": "swiglu"}
+    data["enqueue"] += [{**interrupted, "label": "was-interrupted"}, {**added, "label": "added-later"}]
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = search(tmp_path, *args, "--trials", "3", space=space)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "enqueued was-interrupted, added-later" in proc.stdout
+    done = sorted(finished(load(tmp_path, "k")), key=lambda t: t.number)
+    assert [t.user_attrs.get("enqueued_as") for t in done] == ["enqueue[0]", "was-interrupted", "added-later"]
+    assert done[1].params == interrupted and done[2].params == added
 
 
 def test_a_seeded_sequential_search_is_repeatable(tmp_path, titles_file):
