@@ -23,6 +23,7 @@ naming the file and the key.
 from __future__ import annotations
 
 import hashlib
+import importlib
 import inspect
 import itertools
 import json
@@ -38,7 +39,12 @@ import optuna
 from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, load_yaml_file
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
-NOT_SEARCHABLE = set(MAINRUN_FIXED) | {"dataset", "mainrun_rules"}
+# Read only by the data preparation, which runs once per study from the base config (tokenizer
+# and id streams): a per-trial value would change the recorded config and not the data.
+DATA_FIELDS = ("dataset", "num_titles", "val_frac", "seed", "vocab_size")
+NOT_SEARCHABLE = set(MAINRUN_FIXED) | set(DATA_FIELDS) | {"mainrun_rules"}
+COUPLED = ("d_model", "n_head", "head_dim")
+MAX_COUPLING_COMBOS = 200_000      # every value of the coupled params is checked, up to this many
 TOP_KEYS = {"description", "cpu_ok", "sampler", "pruner", "fixed", "params", "enqueue"}
 PARAM_KEYS = {"low", "high", "log", "step", "choices", "values", "when"}
 MAX_VALIDATION_COMBOS = 4000
@@ -52,6 +58,8 @@ SAMPLERS = {
     "gp": (optuna.samplers.GPSampler, {}),
     "grid": (optuna.samplers.GridSampler, {}),
 }
+# Packages a sampler imports only when it first samples, i.e. mid-search: checked at load.
+SAMPLER_NEEDS = {"cmaes": ("cmaes",), "gp": ("scipy", "torch")}
 # Pruner steps are evaluation indices (0 = step 1, then every batches_per_epoch // 3 steps):
 # about the same progress points for every trial whatever its batch size. Warm-up 3 = the
 # first epoch (to within a step or two when the batches per epoch are not a multiple of 3).
@@ -82,12 +90,14 @@ class Param:
 
     @property
     def optuna_name(self) -> str:
-        # ordered choices that are not evenly spaced are sampled as an index, kept in order
-        return f"{self.name}_index" if self.values is not None and not self._evenly_spaced() else self.name
+        # ordered values other than evenly spaced ints are sampled as an index, kept in order
+        return f"{self.name}_index" if self.values is not None and not self._int_steps() else self.name
 
-    def _evenly_spaced(self) -> bool:
+    def _int_steps(self) -> bool:
+        # Evenly spaced ints are a native stepped int range. Floats never are: optuna's float
+        # step gives 0.49999999999999994 for 0.5, which no `when` or enqueued value matches.
         v = self.values or []
-        return len(v) >= 2 and all(math.isclose(b - a, v[1] - v[0]) for a, b in zip(v, v[1:])) and v[1] > v[0]
+        return self.kind is int and len(v) >= 2 and all(b - a == v[1] - v[0] for a, b in zip(v, v[1:]))
 
     def active(self, values: dict[str, Any]) -> bool:
         return all(values.get(k) in allowed for k, allowed in self.when.items())
@@ -96,11 +106,8 @@ class Param:
         if self.choices is not None:
             return trial.suggest_categorical(self.name, self.choices)
         if self.values is not None:
-            if self._evenly_spaced():
-                lo, hi, st = self.values[0], self.values[-1], self.values[1] - self.values[0]
-                if self.kind is int:
-                    return trial.suggest_int(self.name, lo, hi, step=st)
-                return trial.suggest_float(self.name, lo, hi, step=st)
+            if self._int_steps():
+                return trial.suggest_int(self.name, self.values[0], self.values[-1], step=self.values[1] - self.values[0])
             return self.values[trial.suggest_int(self.optuna_name, 0, len(self.values) - 1)]
         if self.kind is int:
             return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
@@ -115,7 +122,9 @@ class Param:
             return value in self.choices
         if self.values is not None:
             return value in self.values
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high
+        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high):
+            return False
+        return self.step is None or _on_grid(value - self.low, self.step)
 
     def corners(self) -> list:
         """Extreme values, used to check up front that every sampled config can run."""
@@ -125,13 +134,19 @@ class Param:
             return list(self.values)
         return [self.kind(self.low), self.kind(self.high)]
 
-    def grid(self) -> list | None:
+    def points(self) -> list | None:
+        """Every value this param can take; None for a continuous range."""
         if self.choices is not None or self.values is not None:
-            return [self.to_optuna_value(v) for v in (self.choices or self.values)]
+            return list(self.choices if self.choices is not None else self.values)
         if self.step is not None:
             n = int(round((self.high - self.low) / self.step))
             return [self.kind(self.low + i * self.step) for i in range(n + 1)]
         return None
+
+    def grid(self) -> list | None:
+        if self.choices is not None or self.values is not None:
+            return [self.to_optuna_value(v) for v in (self.choices or self.values)]
+        return self.points()
 
     def describe(self) -> str:
         """One line for people: how this param is sampled, and when."""
@@ -176,6 +191,10 @@ class SearchSpace:
         values = dict(values)
         head_dim = values.pop("head_dim", None)
         if head_dim is not None:
+            # never floor: d_model // head_dim would train another head size than the one recorded
+            if not (isinstance(head_dim, int) and head_dim > 0 and values["d_model"] % head_dim == 0):
+                raise SpaceError(f"{self.path}: key 'head_dim': d_model = {values['d_model']} is not a multiple "
+                                 f"of head_dim = {head_dim!r}")
             values["n_head"] = values["d_model"] // head_dim
         return RunConfig.from_dict(values, base=base, source=self.path)
 
@@ -215,6 +234,8 @@ class SearchSpace:
         line's --sampler/--pruner). The policy is part of the space's identity (sha256)."""
         space = replace(self, sampler={"name": sampler} if sampler else self.sampler,
                                     pruner={"name": pruner} if pruner else self.pruner)
+        if sampler and (missing := _missing_package(sampler)):
+            raise SpaceError(f"{self.path}: --sampler {sampler}: {missing}")
         if space.sampler["name"] == "grid":
             space.grid_space()
         return space
@@ -288,6 +309,7 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
                         description=description, cpu_ok=cpu_ok, text=text)
     if sampler["name"] == "grid":
         space.grid_space()
+    _check_heads(space, base, err)
     _check_all_runnable(space, base, err)
     space.enqueue = _parse_enqueue(data.get("enqueue"), space, base, err)
     return space
@@ -312,14 +334,21 @@ def _number(value: Any, key: str, err) -> float:
 
 def _parse_param(name, spec, hints, config_fields, fixed, earlier, err) -> Param:
     key = f"params.{name}"
+    if name == "dataset":
+        raise err(key, "the data is prepared once per study; the dataset is chosen on the command line (--dataset)")
+    if name in DATA_FIELDS:
+        rules = " (the Mainrun rules also fix it: that needs mainrun_rules: false)" if name in MAINRUN_FIXED else ""
+        raise err(key, f"the data is prepared once per study; set {name} under fixed:{rules}")
     if name in NOT_SEARCHABLE:
-        raise err(key, "is fixed by the Mainrun rules (or by the command line) and cannot be searched")
+        raise err(key, "is fixed by the Mainrun rules and cannot be searched")
     if name not in config_fields and name not in VIRTUAL:
         import difflib
         close = difflib.get_close_matches(name, sorted(config_fields | set(VIRTUAL)), n=1)
         raise err(key, "is not a run-config field" + (f" (did you mean '{close[0]}'?)" if close else ""))
-    if name == "n_head" and any(p.name == "head_dim" for p in earlier):
-        raise err(key, "n_head is derived from head_dim; sample one of them, not both")
+    other = {"n_head": "head_dim", "head_dim": "n_head"}.get(name)
+    if other and (other in fixed or any(p.name == other for p in earlier)):
+        raise err(key, "n_head is derived from head_dim; sample one of them, not both (and do not fix n_head "
+                  "while sampling head_dim)")
     if name in fixed:
         raise err(key, "is also in 'fixed'; a field is either fixed or sampled")
     if any(p.name == name for p in earlier):
@@ -381,6 +410,8 @@ def _parse_param(name, spec, hints, config_fields, fixed, earlier, err) -> Param
                 raise err(f"{key}.step", "does not go with log: true")
             if kind is int and not float(step).is_integer():
                 raise err(f"{key}.step", "must be an integer for an integer field")
+            if not _on_grid(high - low, step):     # optuna would quietly lower high onto the grid
+                raise err(key, f"high - low ({high - low:g}) must be a multiple of step ({step:g})")
         param.low, param.high, param.log = kind(low), kind(high), log
         param.step = kind(step) if step is not None else None
         # the values must be valid for the field, at both ends
@@ -426,6 +457,12 @@ def _field_value(name: str, kind: type, value: Any, key: str, err) -> Any:
         raise err(key, f"{value!r} is not a valid value ({str(e).split(': ', 1)[-1]})") from None
 
 
+def _on_grid(offset: float, step: float) -> bool:
+    """Whether `offset` is a whole number of `step`s (to float rounding)."""
+    n = offset / step
+    return math.isclose(n, round(n), rel_tol=0, abs_tol=1e-9 * max(1.0, abs(n)))
+
+
 def _check_coupling(params: list[Param], err) -> None:
     names = {p.name: p for p in params}
     if ("d_model" in names or "head_dim" in names or "n_head" in names) and \
@@ -435,18 +472,63 @@ def _check_coupling(params: list[Param], err) -> None:
                   "so that d_model % n_head == 0 can be guaranteed before any trial runs")
 
 
+def _check_heads(space: SearchSpace, base: RunConfig, err) -> None:
+    """Every d_model the space can give against every n_head or head_dim it can give with it
+    (and pos_emb, for rope's even heads): corners alone miss the middle of a stepped range,
+    such as n_head 6 of {low: 2, high: 8, step: 2} with d_model 32. The coupled params are
+    finite (_check_coupling), and so are the choices/values params their `when` names."""
+    by_name = {p.name: p for p in space.params}
+    need = {n for n in COUPLED if n in by_name}
+    if not need:
+        return
+    need |= {"pos_emb"} & set(by_name)
+    while True:
+        wider = need | {c for n in need for c in by_name[n].when}
+        if wider == need:
+            break
+        need = wider
+    chosen = [p for p in space.params if p.name in need]
+    points = [p.points() for p in chosen]
+    if math.prod(len(v) for v in points) > MAX_COUPLING_COMBOS:
+        raise err("params.d_model", f"more than {MAX_COUPLING_COMBOS:,} combinations of d_model, n_head/head_dim "
+                  "and their conditions to check; use fewer values")
+    seen = set()
+    for combo in itertools.product(*points):
+        values: dict[str, Any] = {**base.to_dict(), **space.fixed}
+        for p, v in zip(chosen, combo):
+            if p.active(values):
+                values[p.name] = v
+        heads = tuple(values.get(n) for n in (*COUPLED, "pos_emb"))
+        if heads not in seen:
+            seen.add(heads)
+            _check_pair(values, by_name, err)
+            _build(space, values, base, err)
+
+
+def _check_pair(values: dict[str, Any], by_name: dict[str, Param], err) -> None:
+    d_model, head_dim = values["d_model"], values.get("head_dim")
+    if head_dim is not None and d_model % head_dim:
+        raise err("params.head_dim", f"d_model = {d_model} is not a multiple of head_dim = {head_dim}; "
+                  "choose values so that every pair divides")
+    if head_dim is None and d_model % values["n_head"]:
+        key = "params.n_head" if "n_head" in by_name else "params.d_model"
+        raise err(key, f"d_model = {d_model} is not a multiple of n_head = {values['n_head']}; "
+                  "choose values so that every pair divides")
+
+
+def _build(space: SearchSpace, values: dict[str, Any], base: RunConfig, err) -> None:
+    try:
+        space.to_config(values, base)
+    except ConfigError as e:
+        sampled = {p.name: values[p.name] for p in space.params if p.active(values) and p.name in values}
+        raise err("params", f"this combination cannot run: {sampled} -> {str(e).split(': ', 1)[-1]}") from None
+
+
 def _check_all_runnable(space: SearchSpace, base: RunConfig, err) -> None:
     """Build the configs at the corners of the space and refuse the file if any of them
     cannot run."""
     for values in space.corners(base):
-        if "head_dim" in values and values["d_model"] % values["head_dim"]:
-            raise err("params.head_dim", f"d_model = {values['d_model']} is not a multiple of "
-                      f"head_dim = {values['head_dim']}; choose values so that every pair divides")
-        try:
-            space.to_config(values, base)
-        except ConfigError as e:
-            sampled = {p.name: values[p.name] for p in space.params if p.active(values) and p.name in values}
-            raise err("params", f"this combination cannot run: {sampled} -> {str(e).split(': ', 1)[-1]}") from None
+        _build(space, values, base, err)
 
 
 def _parse_policy(raw: Any, key: str, table: dict, default: str, err) -> dict[str, Any]:
@@ -459,17 +541,50 @@ def _parse_policy(raw: Any, key: str, table: dict, default: str, err) -> dict[st
     name = raw.get("name", default)
     if name not in table:
         raise err(f"{key}.name", f"unknown {key} {name!r}; known: {', '.join(table)}")
-    cls, _ = table[name]
-    accepted = set(inspect.signature(cls).parameters) - {"seed", "search_space"}
+    if key == "sampler" and (missing := _missing_package(name)):
+        raise err(f"{key}.name", missing)
+    cls, defaults = table[name]
+    signature = inspect.signature(cls).parameters
+    accepted = set(signature) - {"seed", "search_space"}
     for option in raw:
         if option != "name" and option not in accepted:
             raise err(f"{key}.{option}", f"not an option of optuna's {cls.__name__} "
                       f"(options: {', '.join(sorted(accepted)) or 'none'})")
+        if option != "name":
+            _check_option_type(raw[option], signature[option].default, defaults.get(option), f"{key}.{option}", err)
     try:
         cls(**{k: v for k, v in raw.items() if k != "name"}, **({"search_space": {"x": [0]}} if name == "grid" else {}))
     except Exception as e:  # optuna validates its own options; pass its sentence on
         raise err(key, f"optuna's {cls.__name__} refused these options: {e}") from None
     return {"name": name, **{k: v for k, v in raw.items() if k != "name"}}
+
+
+def _missing_package(sampler: str) -> str | None:
+    """What to install for `sampler`, if an optional package it imports is missing."""
+    for package in SAMPLER_NEEDS.get(sampler, ()):
+        try:
+            importlib.import_module(package)
+        except ImportError:
+            return f"the {sampler} sampler needs the '{package}' package, which is not installed: pip install {package}"
+    return None
+
+
+def _check_option_type(value: Any, default: Any, ours: Any, key: str, err) -> None:
+    """Optuna checks few option types itself, so a wrong one fails mid-search. The type is the
+    signature default's (or, where that is None or missing, the default we pass)."""
+    if default is None and value is None:
+        return
+    example = ours if default is None or default is inspect.Parameter.empty else default
+    if isinstance(example, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(example, int):
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+    elif isinstance(example, float):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    else:
+        return
+    if not ok:
+        raise err(key, f"must be {what}; got {value!r}")
 
 
 def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[tuple[str, dict[str, Any]]]:
@@ -502,7 +617,12 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
         except ConfigError as e:
             raise err(key, str(e).lstrip(": ")) from None
         if "head_dim" in item:
-            wanted["n_head"] = wanted["d_model"] // int(item["head_dim"])
+            head_dim = item["head_dim"]
+            if not (isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0
+                    and wanted["d_model"] % head_dim == 0):
+                raise err(key, f"{label} has head_dim = {head_dim!r}, which must be a positive integer that "
+                          f"divides d_model = {wanted['d_model']}")
+            wanted["n_head"] = wanted["d_model"] // head_dim
         values: dict[str, Any] = {**base.to_dict(), **space.fixed}
         optuna_params: dict[str, Any] = {}
         for p in space.params:
@@ -511,7 +631,7 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
             value = wanted["d_model"] // wanted["n_head"] if p.name == "head_dim" else wanted[p.name]
             if not p.contains(value):
                 raise err(key, f"{label} has {p.name} = {value!r}, which is outside this space's "
-                          f"'{p.name}' ({p.choices or p.values or [p.low, p.high]})")
+                          f"'{p.name}' ({p.describe()})")
             values[p.name] = value
             optuna_params[p.optuna_name] = p.to_optuna_value(value)
         got = space.to_config(values, base).to_dict()
@@ -520,5 +640,8 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
             k, (want, have) = next(iter(differ.items()))
             raise err(key, f"{label} needs {k} = {want!r}, but this space fixes it at {have!r} "
                       "(sample it, or drop the entry)")
+        same = [j for j, (_, earlier) in enumerate(entries) if earlier == optuna_params]
+        if same:   # it would run twice, or be skipped and miscounted
+            raise err(key, f"{label} is the same trial as enqueue[{same[0]}]; drop one of them")
         entries.append((label, optuna_params))
     return entries

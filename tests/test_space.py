@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import subprocess
+import sys
+import types
 
 import optuna
 import pytest
@@ -10,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from helpers import SPACES, cli
-from mainrun.config import RunConfig
+from mainrun.config import ConfigError, RunConfig
 from mainrun.space import SpaceError, load_space, parse_space
 
 MINIMAL = {"params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}}
@@ -116,6 +118,7 @@ def test_sampler_and_pruner_options_reach_optuna():
     ({"params": {"lernrate": {"low": 1, "high": 2}}}, "params.lernrate", "not a run-config field"),
     ({"params": {"epochs": {"low": 1, "high": 9}}}, "params.epochs", "Mainrun rules"),
     ({"params": {"seed": {"choices": [1, 2]}}}, "params.seed", "Mainrun rules"),
+    ({"params": {"seed": {"choices": [1, 2]}}}, "params.seed", "data is prepared once per study"),
     ({"fixed": {"epochs": 3}, **MINIMAL}, "epochs", "mainrun_rules"),
     ({"params": {"n_layer": {"low": 1.5, "high": 4}}}, "params.n_layer", "integer"),
     ({"params": {"lr": {"low": "fast", "high": 1}}}, "params.lr.low", "number"),
@@ -173,6 +176,164 @@ def test_space_identity_ignores_comments_but_not_meaning(tmp_path):
     assert load_space(a).sha256 == load_space(b).sha256 != load_space(c).sha256
 
 
+# ---------------------------------------------------------------------- data fields
+@pytest.mark.parametrize("name, options", [
+    ("vocab_size", [300, 600]), ("num_titles", [1000, 2000]), ("val_frac", [0.1, 0.2]), ("seed", [1, 2]),
+])
+def test_fields_read_only_by_the_data_preparation_are_refused_as_params(name, options):
+    # mainrun_rules: false lifts the rules, not the once-per-study data
+    with pytest.raises(SpaceError, match=rf"'params.{name}'.*data is prepared once per study; set {name} under fixed:"):
+        parse({"fixed": {"mainrun_rules": False}, "params": {name: {"choices": options}}})
+
+
+def test_a_sampled_dataset_is_refused():
+    with pytest.raises(SpaceError, match="'params.dataset'.*--dataset"):
+        parse({"params": {"dataset": {"choices": ["a.txt", "b.txt"]}}})
+
+
+def test_vocab_size_under_fixed_still_applies():
+    space = parse({"fixed": {"mainrun_rules": False, "vocab_size": 300, "num_titles": 1000}, **MINIMAL})
+    assert all((cfg.vocab_size, cfg.num_titles) == (300, 1000) for _, cfg in sample(space, 3))
+
+
+# ---------------------------------------------------------------------- heads and width, every value
+@pytest.mark.parametrize("doc, key, pair", [
+    ({"params": {"d_model": {"values": [32, 64]}, "head_dim": {"low": 8, "high": 32, "step": 8}}},
+     "params.head_dim", "d_model = 32 is not a multiple of head_dim = 24"),
+    ({"fixed": {"d_model": 32}, "params": {"n_head": {"low": 2, "high": 8, "step": 2}}},
+     "params.n_head", "d_model = 32 is not a multiple of n_head = 6"),
+    ({"fixed": {"n_head": 16}, "params": {"d_model": {"low": 32, "high": 64, "step": 8}}},
+     "params.d_model", "d_model = 40 is not a multiple of n_head = 16"),
+    # head_dim only for one width: the other width meets the base n_head (8)
+    ({"params": {"d_model": {"values": [36, 64]}, "head_dim": {"values": [4], "when": {"d_model": 64}}}},
+     "params.d_model", "d_model = 36 is not a multiple of n_head = 8"),
+])
+def test_every_width_and_head_value_is_checked_not_only_the_corners(doc, key, pair):
+    with pytest.raises(SpaceError) as info:
+        parse(doc)
+    assert f"'{key}'" in str(info.value) and pair in str(info.value)
+
+
+def test_stepped_head_dim_that_divides_every_width_trains_the_recorded_head_dim():
+    space = parse({"params": {"d_model": {"values": [192, 384]}, "head_dim": {"low": 16, "high": 64, "step": 16}}})
+    seen = set()
+    for params, cfg in sample(space, 40):
+        assert cfg.head_dim == params["head_dim"] and cfg.d_model % cfg.n_head == 0
+        seen.add(params["head_dim"])
+    assert 48 in seen
+
+
+def test_rope_with_an_odd_head_dim_in_the_middle_of_a_range_is_refused():
+    with pytest.raises(SpaceError, match="cannot run.*rope"):
+        parse({"fixed": {"pos_emb": "rope", "n_head": 4}, "params": {"d_model": {"low": 32, "high": 48, "step": 4}}})
+
+
+@pytest.mark.parametrize("doc", [
+    {"params": {"n_head": {"choices": [4, 8]}, "head_dim": {"values": [32, 64]}}},
+    {"fixed": {"n_head": 4}, "params": {"head_dim": {"values": [32, 64]}}},
+])
+def test_n_head_and_head_dim_cannot_both_be_set(doc):
+    with pytest.raises(SpaceError, match="sample one of them"):
+        parse(doc)
+
+
+def test_to_config_never_floors_a_head_dim_that_does_not_divide():
+    space = parse({"params": {"d_model": {"values": [64, 128]}, "head_dim": {"values": [16, 32]}}})
+    with pytest.raises(ConfigError, match="not a multiple"):
+        space.to_config({**RunConfig().to_dict(), "d_model": 64, "head_dim": 24}, RunConfig())
+
+
+# ---------------------------------------------------------------------- float values
+def test_evenly_spaced_float_values_are_sampled_exactly_and_conditions_on_them_fire():
+    space = parse({"fixed": {"schedule": "linear"}, "params": {
+        "min_lr_frac": {"values": [0.1, 0.3, 0.5]},
+        "warmup_steps": {"low": 0, "high": 100, "step": 50, "when": {"min_lr_frac": 0.5}},
+    }})
+    seen = set()
+    for params, cfg in sample(space, 40):
+        assert "min_lr_frac_index" in params and "min_lr_frac" not in params     # an ordered index, no float step
+        assert cfg.min_lr_frac in (0.1, 0.3, 0.5)
+        assert ("warmup_steps" in params) == (cfg.min_lr_frac == 0.5)
+        seen.add(cfg.min_lr_frac)
+    assert seen == {0.1, 0.3, 0.5}
+
+
+# ---------------------------------------------------------------------- sampler and pruner checks
+@pytest.mark.parametrize("sampler, package", [("cmaes", "cmaes"), ("gp", "scipy"), ("gp", "torch")])
+def test_a_sampler_whose_package_is_missing_is_refused_at_load(sampler, package, monkeypatch, tmp_path):
+    for other in {"cmaes", "scipy"} - {package}:                    # present or not here, they import
+        monkeypatch.setitem(sys.modules, other, types.ModuleType(other))
+    monkeypatch.setitem(sys.modules, package, None)                 # "import <package>" now fails
+    with pytest.raises(SpaceError, match=rf"'sampler.name'.*pip install {package}"):
+        parse({**MINIMAL, "sampler": {"name": sampler}})
+    path = tmp_path / "space.yaml"
+    path.write_text("params: {lr: {low: 1.0e-4, high: 1.0e-2}}\n")
+    with pytest.raises(SpaceError, match=rf"--sampler {sampler}.*pip install {package}"):
+        load_space(path, sampler=sampler)
+
+
+@pytest.mark.parametrize("sampler", ["cmaes", "gp"])
+def test_a_sampler_whose_packages_import_is_accepted(sampler, monkeypatch):
+    for package in ("cmaes", "scipy"):
+        monkeypatch.setitem(sys.modules, package, types.ModuleType(package))
+    assert parse({**MINIMAL, "sampler": {"name": sampler}}).sampler == {"name": sampler}
+
+
+@pytest.mark.parametrize("policy, key", [
+    ({"sampler": {"name": "tpe", "n_startup_trials": "ten"}}, "sampler.n_startup_trials"),
+    ({"sampler": {"name": "tpe", "n_startup_trials": 2.5}}, "sampler.n_startup_trials"),
+    ({"sampler": {"name": "tpe", "n_ei_candidates": True}}, "sampler.n_ei_candidates"),     # a bool is not an int
+    ({"sampler": {"name": "tpe", "constant_liar": 1}}, "sampler.constant_liar"),
+    ({"sampler": {"name": "tpe", "multivariate": "yes"}}, "sampler.multivariate"),           # our default: True
+    ({"pruner": {"name": "median", "n_warmup_steps": "3"}}, "pruner.n_warmup_steps"),
+    ({"pruner": {"name": "percentile", "percentile": "half"}}, "pruner.percentile"),
+])
+def test_policy_options_of_the_wrong_type_are_refused_with_the_key(policy, key):
+    with pytest.raises(SpaceError, match=rf"'{key}': must be"):
+        parse({**MINIMAL, **policy})
+
+
+def test_policy_options_of_the_right_type_pass():
+    space = parse({**MINIMAL, "sampler": {"name": "tpe", "n_startup_trials": 3, "multivariate": False},
+                   "pruner": {"name": "percentile", "percentile": 25, "n_warmup_steps": 2}})   # an int for a float
+    assert isinstance(space.make_sampler(seed=0), optuna.samplers.TPESampler)
+    assert isinstance(space.make_pruner(), optuna.pruners.PercentilePruner)
+
+
+# ---------------------------------------------------------------------- enqueue
+HEADS = {"params": {"d_model": {"values": [32, 64]}, "head_dim": {"values": [8, 16]}}}
+
+
+@pytest.mark.parametrize("head_dim", [0, -8, "wide", None, True, 2.5, 24])
+def test_an_enqueued_head_dim_that_cannot_be_is_a_space_error(head_dim):
+    with pytest.raises(SpaceError, match=r"'enqueue\[0\]"):
+        parse({**HEADS, "enqueue": [{"d_model": 32, "head_dim": head_dim}]})
+
+
+def test_an_enqueued_value_off_a_stepped_grid_is_refused():
+    doc = {"fixed": {"schedule": "linear"}, "params": {"warmup_steps": {"low": 0, "high": 100, "step": 50},
+                                                       "dropout": {"low": 0.0, "high": 0.3, "step": 0.1}}}
+    assert parse({**doc, "enqueue": [{"warmup_steps": 50, "dropout": 0.2}]}).enqueue     # on the grid (0.2 is 2 * 0.1)
+    for entry in ({"warmup_steps": 25, "dropout": 0.2}, {"warmup_steps": 50, "dropout": 0.15}):
+        with pytest.raises(SpaceError, match=r"'enqueue\[0\]'.*outside"):
+            parse({**doc, "enqueue": [entry]})
+
+
+def test_a_stepped_range_whose_high_is_off_the_grid_is_refused():
+    # optuna would quietly lower high to 90, so the space's stated high is never sampled
+    with pytest.raises(SpaceError, match="'params.warmup_steps'.*multiple of step"):
+        parse({"fixed": {"schedule": "linear"}, "params": {"warmup_steps": {"low": 0, "high": 100, "step": 30}}})
+
+
+@pytest.mark.parametrize("enqueue", [
+    [{"lr": 1.0e-3}, {"lr": 1.0e-3, "label": "again"}],
+    ["baseline", {"label": "also-baseline"}],
+])
+def test_duplicate_enqueue_entries_are_refused(enqueue):
+    with pytest.raises(SpaceError, match=r"'enqueue\[1\]'.*same trial as enqueue\[0\]"):
+        parse({"params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "enqueue": enqueue})
+
+
 # ---------------------------------------------------------------------- bad files through the CLI
 BAD_FILES = {
     "malformed": "params: {lr: [low: 1\n",
@@ -190,6 +351,12 @@ BAD_FILES = {
     "wrong_types": "params:\n  lr: {low: [1], high: 2}\n",
     "low_ge_high": "params:\n  dropout: {low: 0.3, high: 0.1}\n",
     "fixed_field": "params:\n  num_titles: {low: 1000, high: 2000}\n",
+    "sampled_vocab": "fixed: {mainrun_rules: false}\nparams:\n  vocab_size: {values: [300, 600]}\n",
+    "n_head_off_d_model": "fixed: {d_model: 32}\nparams:\n  n_head: {low: 2, high: 8, step: 2}\n",
+    "enqueue_head_dim_0": "params:\n  d_model: {values: [32, 64]}\n  head_dim: {values: [8, 16]}\n"
+                          "enqueue: [{d_model: 32, head_dim: 0}]\n",
+    "enqueue_head_dim_null": "params:\n  d_model: {values: [32, 64]}\n  head_dim: {values: [8, 16]}\n"
+                             "enqueue: [{d_model: 32, head_dim: null}]\n",
     "binary": "\xff\xfe\x00garbage",
 }
 
