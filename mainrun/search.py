@@ -118,14 +118,20 @@ def _storage_error(what: str, url: str, parsed, error: Exception) -> SearchError
     return SearchError(f"{what} {redact(url)}: {type(root).__name__}: {reason}{hint}")
 
 
+def check_storage_url(url: str):
+    """The parsed URL of a storage a search can use; checked before any work, nothing opened."""
+    parsed = _parse_url(url)
+    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
+        raise SearchError(f"--storage {redact(url)}: an in-memory SQLite database lives in one process "
+                          "and is gone at exit, so workers cannot share it and nothing can resume; use a file, "
+                          f"e.g. {DEFAULT_STORAGE}")
+    return parsed
+
+
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
-    parsed = _parse_url(settings.url)
-    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
-        raise SearchError(f"--storage {redact(settings.url)}: an in-memory SQLite database lives in one process "
-                          "and is gone at exit, so workers cannot share it and nothing can resume; use a file, "
-                          f"e.g. {DEFAULT_STORAGE}")
+    parsed = check_storage_url(settings.url)
     if parsed.get_backend_name() == "sqlite":
         db = Path(parsed.database)
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -686,8 +692,9 @@ def run_search(opts: SearchOptions) -> int:
               "! of this space takes days. Use a machine with a GPU, or search_spaces/smoke.yaml to try it.\n"
               + "!" * 78, flush=True)
     devices = _worker_devices(opts, gpu)
-    storage = open_storage(opts.storage)                            # a bad URL fails before the data work
+    check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
+    storage = open_storage(opts.storage)                            # creates nothing if the data is unusable
     name = opts.study or Path(opts.space).stem
     study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
