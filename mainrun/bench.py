@@ -29,6 +29,7 @@ import torch
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 from .data import prepare_data
 from .model import GPT
+from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
@@ -66,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: time a short search of this space once per --jobs value")
     parser.add_argument("--trials", type=int, default=8, help="with --search: trials per search (default: %(default)s)")
     parser.add_argument("--jobs", default="1", help="with --search: comma-separated worker counts (default: %(default)s)")
-    parser.add_argument("--pruner", help="with --search: replace the space's pruner (none: every trial runs to the end)")
+    parser.add_argument("--pruner", choices=sorted(PRUNERS),
+                        help="with --search: replace the space's pruner (none: every trial runs to the end)")
     parser.add_argument("--seed", type=int, default=0, help="with --search: sampler seed (default: %(default)s)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="run N of the configs at once on the device, each in its own process: for val losses "

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from helpers import SPACES, cli
+from helpers import ROOT, SPACES, cli
 from mainrun.config import ConfigError, RunConfig
 from mainrun.space import SpaceError, load_space, parse_space
 
@@ -32,6 +32,14 @@ def sample(space, n: int = 30, seed: int = 0) -> list[tuple[dict, RunConfig]]:
         out.append((dict(trial.params), cfg))
         study.tell(trial, 1.0)
     return out
+
+
+def test_the_readme_example_space_is_a_valid_space():
+    import re
+    example = re.search(r"```yaml\n(description: what this space is for.*?)```", (ROOT / "README.md").read_text(), re.S)
+    space = parse(example.group(1))
+    assert [label for label, _ in space.enqueue] == ["baseline", "fast-adamw"]
+    assert {p.name for p in space.params} >= {"schedule", "warmup_steps", "head_dim", "momentum"}
 
 
 @pytest.mark.parametrize("name", ["arch", "optim", "smoke"])
