@@ -19,6 +19,7 @@ import argparse
 import gc
 import json
 import multiprocessing
+import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -27,8 +28,9 @@ from pathlib import Path
 import torch
 
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
-from .data import prepare_data
+from .data import DataError, prepare_data
 from .model import GPT
+from .search import SearchError
 from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
@@ -88,9 +90,18 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         return profile(cfg, args.device, args.cache_dir)
     if args.search:
-        jobs = [int(j) for j in args.jobs.split(",")]
-        return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
-                                 args.device, args.cache_dir, args.json)
+        try:
+            jobs = [int(j) for j in args.jobs.split(",")]
+        except ValueError:
+            parser.error(f"--jobs {args.jobs!r}: expected worker counts such as 1,2,3")
+        if min(jobs) < 1 or len(set(jobs)) < len(jobs):
+            parser.error(f"--jobs {args.jobs!r}: each worker count at least 1, and each once (a repeated "
+                         "count would resume the finished study)")
+        try:
+            return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
+                                     args.device, args.cache_dir, args.json)
+        except (ConfigError, DataError, SearchError) as e:
+            parser.exit(2, f"error: {e}\n")
 
     try:
         runs = _ablation_runs(args.base, args.ablate, args.dataset) if args.base else \
@@ -153,9 +164,15 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
             print(json.dumps(rows[-1]), flush=True)
         return rows
     done: dict[int, dict] = {}
+    sharing = min(parallel, len(runs))
+    if not resolve_device(device).type == "cuda":
+        # CPU runs share the cores: OpenMP threads that spin while waiting slow the others down
+        # many times over (the spawned runs inherit this). The thread count stays, and so do the
+        # sums' order and the val losses.
+        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     spawn = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=parallel, mp_context=spawn) as pool:
-        futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, parallel): i
+    with ProcessPoolExecutor(max_workers=sharing, mp_context=spawn) as pool:
+        futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, sharing): i
                    for i, (name, cfg) in enumerate(runs)}
         for future in as_completed(futures):
             i = futures[future]

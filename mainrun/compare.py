@@ -7,7 +7,7 @@ smallest total any of them spent), the time pruning saved, and a verdict in word
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ class Comparison:
     target_value: float                  # the best value any study found
     unit: str
     metric: str = METRIC
+    caveats: list[str] = field(default_factory=list)   # why the values may not compare
 
 
 def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
@@ -198,7 +199,28 @@ def compare_studies(studies: list[optuna.Study]) -> Comparison:
     units = {r.unit for r in results}
     names = studies[0].metric_names
     return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
-                      unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC)
+                      unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC,
+                      caveats=caveats(studies))
+
+
+def caveats(studies: list[optuna.Study]) -> list[str]:
+    """What makes the studies' values incomparable: other data, or spaces that fix different
+    run fields (epochs, scoring geometry, ...). Different params or policies are what a
+    comparison is for, so they are not caveats."""
+    said = []
+    titles = {s.study_name: s.user_attrs.get("titles_sha256") for s in studies}
+    if len({t for t in titles.values() if t}) > 1:
+        said.append("The studies ran on different data (their titles_sha256 differ), so their values do not compare.")
+    fixed = {s.study_name: (_recorded_space(s.user_attrs.get("space_yaml")) or {}).get("fixed") or {}
+             for s in studies}
+    keys = sorted({k for f in fixed.values() for k in f}, key=str)
+    differ = [k for k in keys if len({repr(f.get(k)) for f in fixed.values()}) > 1]
+    if differ:
+        k = differ[0]
+        values = ", ".join(f"'{name}' {f.get(k, '(default)')!r}" for name, f in fixed.items())
+        said.append(f"The studies' spaces fix different run fields ({', '.join(map(str, differ))}; {k}: {values}), "
+                    "so their values may not compare.")
+    return said
 
 
 # ---------------------------------------------------------------------- the comparison in words
@@ -257,7 +279,7 @@ def verdict(cmp: Comparison) -> str:
     """One paragraph in plain words, computed from the numbers."""
     sense = "lower" if cmp.minimize else "higher"
     at_budget = ", ".join(f"{r.label} {_value(r.best_at_budget)}" for r in cmp.studies)
-    parts = [f"At equal budget ({_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
+    parts = [*cmp.caveats, f"At equal budget ({_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
              f"spent) the best {cmp.metric} reached was: {at_budget} ({sense} is better); "
              f"{_leader_at_budget(cmp)}."]
     parts += _pruning_sentences(cmp)
@@ -281,7 +303,8 @@ def comparison_figure(cmp: Comparison):
     for r in cmp.studies:
         xs, ys = _curve_xy(r.curve)
         hover = f"{escape(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=r.label, hovertemplate=hover))
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=escape(r.label),
+                                 hovertemplate=hover))
     fig.add_vline(x=cmp.budget_seconds, line=dict(color="#555", dash="dash", width=1.5),
                   annotation_text=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}",
                   annotation_position="top right")

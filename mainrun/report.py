@@ -21,7 +21,8 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .search import DEFAULT_STORAGE, METRIC, SearchError, display_params, open_study_readonly, redact, version
+from .search import (METRIC, SearchError, display_params, export_command, open_study_readonly, redact,
+                     version)
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
 # trials with all of them; with a handful of trials that is noise).
@@ -43,7 +44,8 @@ class Totals:
     prep_seconds: float = 0.0
     saved_seconds: float = 0.0           # estimated: what the pruned trials would still have needed
     pruned_seconds: float = 0.0          # what the pruned trials did spend (train)
-    full_steps: int | None = None
+    full_steps: int | None = None         # the most steps of a complete trial
+    unestimated: int = 0                  # pruned trials whose full run's length is not known
     unit: str = "GPU-seconds"
     wall_seconds: float | None = None
     devices: list[str] = field(default_factory=list)
@@ -55,9 +57,8 @@ class Totals:
 
 def compute_totals(trials: list[FrozenTrial]) -> Totals:
     """Trial counts, device time spent (train + prep of every trial that recorded it) and the
-    time pruning saved: for each pruned trial, train_seconds * (full_steps / steps - 1), where
-    full_steps is the largest `steps` of the complete trials (see `_full_steps` for trials whose
-    batch or block size differs from the complete ones')."""
+    time pruning saved: for each pruned trial, what its full run would still have needed
+    (`_saved_seconds`)."""
     counts = {s.name.lower(): 0 for s in TrialState}
     for t in trials:
         counts[t.state.name.lower()] += 1
@@ -71,14 +72,17 @@ def compute_totals(trials: list[FrozenTrial]) -> Totals:
     totals.unit = "GPU-seconds" if kinds == {"cuda"} else "CPU-seconds" if kinds == {"cpu"} else "device-seconds"
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE and as_number(t.user_attrs.get("steps")) > 0]
-    if complete:
-        totals.full_steps = int(max(t.user_attrs["steps"] for t in complete))
-        for t in trials:
-            steps, train = as_number(t.user_attrs.get("steps")), as_number(t.user_attrs.get("train_seconds"))
-            if t.state != TrialState.PRUNED or steps <= 0:
-                continue
-            totals.pruned_seconds += train
-            totals.saved_seconds += train * max(_full_steps(t, complete, totals.full_steps) / steps - 1.0, 0.0)
+    totals.full_steps = int(max(t.user_attrs["steps"] for t in complete)) if complete else None
+    for t in trials:
+        if t.state != TrialState.PRUNED or as_number(t.user_attrs.get("steps")) <= 0:
+            continue
+        full = as_number(t.user_attrs.get("max_steps")) or (
+            _full_steps(t, complete, totals.full_steps) if complete else 0)
+        if not full:
+            totals.unestimated += 1
+            continue
+        totals.pruned_seconds += as_number(t.user_attrs.get("train_seconds"))
+        totals.saved_seconds += _saved_seconds(t, full)
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     if starts and ends:
@@ -86,11 +90,24 @@ def compute_totals(trials: list[FrozenTrial]) -> Totals:
     return totals
 
 
+def _saved_seconds(trial: FrozenTrial, full_steps: float) -> float:
+    """What the rest of a pruned trial's run would have taken. Its setup (the optimizer, graph
+    capture or compilation, step 1 and its scoring) is paid once, so only the time after it
+    scales with the steps not run: (train - setup) / (steps - 1) * (full_steps - steps). A
+    trial recorded without setup_seconds scales all of it: train * (full_steps / steps - 1)."""
+    steps, train = as_number(trial.user_attrs.get("steps")), as_number(trial.user_attrs.get("train_seconds"))
+    setup = as_number(trial.user_attrs.get("setup_seconds"))
+    if steps > 1 and 0 < setup < train:
+        return max((train - setup) / (steps - 1) * (full_steps - steps), 0.0)
+    return train * max(full_steps / steps - 1.0, 0.0)
+
+
 def _full_steps(trial: FrozenTrial, complete: list[FrozenTrial], default: int) -> float:
-    """The steps a full run of `trial` would have taken. Every search space shipped keeps the batch
-    and block size fixed, and then this is simply `default`, the most steps of a complete trial.
-    If they vary, a complete trial of the same shape says it; failing that, the steps scale
-    with epochs / (batch_size * block_size) from the longest complete trial."""
+    """The steps a full run of `trial` would have taken, for a trial recorded without max_steps.
+    Every search space shipped keeps the batch and block size fixed, and then this is simply
+    `default`, the most steps of a complete trial. If they vary, a complete trial of the same
+    shape says it; failing that, the steps scale with epochs / (batch_size * block_size) from the
+    longest complete trial."""
     shape = _shape(trial)
     same = [int(t.user_attrs["steps"]) for t in complete if _shape(t) == shape]
     if same:
@@ -253,7 +270,7 @@ def write_pngs(study: optuna.Study, out: Path, by_number: dict[int, FrozenTrial]
                 ax.legend()
             save(ax, "history.png")
 
-        if not any(t.intermediate_values for t in by_number.values()):
+        if not has_curves(by_number.values()):
             ax = None
         else:
             ax = mvis.plot_intermediate_values(study)
@@ -429,7 +446,8 @@ def totals_cards(totals: Totals, best, baseline) -> str:
         cards.append((f"baseline {METRIC} (trial {baseline.number})", f"{baseline.value:.4f}"))
     u = totals.unit
     cards.append((f"{u} spent (train + prep)", f"{totals.spent_seconds:,.0f}"))
-    cards.append((f"{u} saved by pruning (estimate)", f"{totals.saved_seconds:,.0f}"))
+    unknown = totals.counts["pruned"] and totals.unestimated == totals.counts["pruned"]
+    cards.append((f"{u} saved by pruning (estimate)", "–" if unknown else f"{totals.saved_seconds:,.0f}"))
     if totals.wall_seconds is not None:
         cards.append(("wall clock, first start to last finish", _seconds(totals.wall_seconds)))
     body = "".join(f"<div class='card'><div class='v'>{escape(v)}</div><div class='k'>{escape(k)}</div></div>"
@@ -437,21 +455,29 @@ def totals_cards(totals: Totals, best, baseline) -> str:
     lines = [f"Spent: {totals.spent_seconds:,.0f} {u} = {totals.train_seconds:,.0f} s training + "
              f"{totals.prep_seconds:,.0f} s data preparation, summed over all trials "
              f"(parallel workers count separately; devices: {', '.join(totals.devices) or 'unknown'})."]
+    if totals.counts["fail"]:
+        lines.append(f"{totals.counts['fail']} failed trial(s) (interrupted, out of memory, refused, ...) record no "
+                     "time and count as 0 here.")
     if not totals.counts["pruned"]:
         lines.append("No trial was pruned, so pruning saved nothing.")
-    elif totals.full_steps:
+    elif unknown:
+        lines.append("No pruned trial records how many steps its full run has, and no complete trial says it, "
+                     "so the time saved by pruning cannot be estimated.")
+    else:
         whole = totals.spent_seconds + totals.saved_seconds
         would = totals.pruned_seconds + totals.saved_seconds
         lines.append(
-            f"Saved by pruning (estimate): {totals.saved_seconds:,.0f} {u}. Each pruned trial's training time is "
-            f"scaled up to a full run, <code>train_seconds × (full_steps / steps − 1)</code>, with full_steps the "
-            f"most steps of a complete trial ({totals.full_steps:,} here; scaled by batch and block size for a "
-            f"trial whose batch or block size differs). The pruned trials trained for "
-            f"{totals.pruned_seconds:,.0f} s of the ~{would:,.0f} s full runs would have taken "
-            f"({percent(totals.saved_seconds, would)} saved); without pruning the whole search would have needed "
-            f"~{whole:,.0f} {u}; pruning saved {percent(totals.saved_seconds, whole)} of that.")
-    else:
-        lines.append("No complete trial records its steps, so the time saved by pruning cannot be estimated.")
+            f"Saved by pruning (estimate): {totals.saved_seconds:,.0f} {u}. For each pruned trial, the time per "
+            f"step after its setup (optimizer, graph capture or compilation, step 1 and its scoring, paid once) "
+            f"times the steps it did not run, <code>(train_seconds − setup_seconds) / (steps − 1) × (max_steps − "
+            f"steps)</code>; for a trial recorded without setup_seconds, <code>train_seconds × (max_steps / steps − "
+            f"1)</code>. The pruned trials trained for {totals.pruned_seconds:,.0f} s of the ~{would:,.0f} s "
+            f"their full runs would have taken ({percent(totals.saved_seconds, would)} saved); without pruning the "
+            f"whole search would have needed ~{whole:,.0f} {u}; pruning saved {percent(totals.saved_seconds, whole)} "
+            "of that.")
+        if totals.unestimated:
+            lines.append(f"{totals.unestimated} pruned trial(s) record neither their full run's steps nor a "
+                         "complete trial of their shape, and are left out of the estimate.")
     return f"<div class='cards'>{body}</div>" + "".join(f"<p>{line}</p>" for line in lines)
 
 
@@ -485,13 +511,14 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
                                                             "plot-history"), None))
         else:
             plots.append(("Optimisation history", "", "No complete trial yet."))
-        if any(t.intermediate_values for t in trials):
+        if has_curves(trials):
             plots.append(("Intermediate validation loss", plot_div(
                 intermediate_figure(study, by_number, best, baseline), "plot-intermediate"),
                 "Every trial's reported val_loss by evaluation. Pruned trials are dotted grey and end where "
                 "the pruner stopped them; the baseline (orange) and the best trial (red) are drawn thick."))
         else:
-            plots.append(("Intermediate validation loss", "", "No trial reported intermediate values."))
+            plots.append(("Intermediate validation loss", "", "No complete, pruned or running trial reported "
+                          "intermediate values (failed trials are not drawn)."))
         fig, why_not = importance_figures(study, n_complete, target_name)
         plots.append(("Parameter importances (PED-ANOVA)", plot_div(fig, "plot-importance") if fig else "",
                       why_not or "optuna.importance.PedAnovaImportanceEvaluator over the complete trials: how much "
@@ -507,7 +534,6 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
 
     attrs = study.user_attrs
-    storage_flag = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact(storage_url)}'"
     header = (f"<h1>Study <code>{escape(study.study_name)}</code></h1>"
               f"<p class='sub'>{escape(redact(storage_url))} · space {escape(attrs.get('space_file', '?'))} · dataset "
               f"{escape(attrs.get('dataset', '?'))} · metric {escape(target_name)} ({study.direction.name.lower()})</p>")
@@ -515,8 +541,7 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
 
     if best is not None:
         cfg = best.user_attrs.get("config")
-        export = (f"mainrun-export --study {study.study_name}{storage_flag} --out best.yaml && "
-                  "mainrun-train --config best.yaml")
+        export = export_command(storage_url, study.study_name)
         if cfg:
             text = (f"# best trial {best.number} of study '{study.study_name}': {target_name} {best.value:.6f}\n"
                     + yaml.safe_dump(cfg, sort_keys=False))
@@ -550,12 +575,22 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
 
 
 def output_folder(out_dir: str | Path) -> Path:
-    """The --out folder, created; a file of that name is a SearchError."""
+    """The --out folder, created; a file of that name, or a folder that cannot be made, is a
+    SearchError."""
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SearchError(f"--out {out}: exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"--out {out}: cannot create it ({e.strerror or e})") from None
     return out
+
+
+def has_curves(trials) -> bool:
+    """Whether Optuna's intermediate-values plot has anything to draw: it leaves failed trials out."""
+    drawn = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return any(t.intermediate_values for t in trials if t.state in drawn)
 
 
 def html_page(title: str, body: str) -> str:

@@ -14,6 +14,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import shlex
 import signal
 import sqlite3
 import subprocess
@@ -81,9 +82,12 @@ def redact(url: str) -> str:
     """The URL with any password hidden, for messages and logs."""
     from sqlalchemy.engine import make_url
     try:
-        return make_url(url).render_as_string(hide_password=True)
+        parsed = make_url(url)
     except Exception:
         return "<storage URL>"
+    if "password" in parsed.query:               # libpq also takes it as ?password=...
+        parsed = parsed.update_query_dict({"password": "***"})
+    return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
 
 
 @dataclass
@@ -98,9 +102,10 @@ def _parse_url(url: str):
     from sqlalchemy.exc import ArgumentError
     try:
         return make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):     # ValueError: e.g. a port that is not a number
         raise SearchError(f"--storage {redact(url)}: not a SQLAlchemy URL (e.g. sqlite:///studies/mainrun.db "
-                          "or postgresql+psycopg://user@host/db)") from None
+                          "or postgresql+psycopg://user@host/db; write @, : and / in a password as %40, %3A "
+                          "and %2F)") from None
 
 
 def _engine_kwargs(parsed) -> dict[str, Any]:
@@ -112,8 +117,9 @@ def _storage_error(what: str, url: str, parsed, error: Exception) -> SearchError
     """A SearchError that says what failed and why, never with the password in it."""
     root = _root_cause(error)
     reason = (str(getattr(root, "orig", None) or root).strip().splitlines() or [""])[0]
-    if parsed.password:
-        reason = reason.replace(parsed.password, "***")
+    for password in (parsed.password, parsed.query.get("password")):
+        if password and isinstance(password, str):
+            reason = reason.replace(password, "***")
     hint = " (is it an Optuna study database?)" if "no such table" in reason else ""
     return SearchError(f"{what} {redact(url)}: {type(root).__name__}: {reason}{hint}")
 
@@ -189,6 +195,13 @@ def artifact_dir(storage_url: str, override: str | None = None) -> Path:
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
         return Path(parsed.database).parent / "artifacts"
     return Path("studies") / "artifacts"
+
+
+def export_command(storage_url: str, study_name: str) -> str:
+    """The shell line that exports a study's best trial and trains it (names quoted for the shell)."""
+    storage = "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(redact(storage_url))}"
+    return (f"mainrun-export --study {shlex.quote(study_name)}{storage} --out best.yaml && "
+            "mainrun-train --config best.yaml")
 
 
 def dashboard_command(storage_url: str, artifacts: Path) -> str:
@@ -281,7 +294,7 @@ def _save_dashboard_note(study: optuna.Study, space: SearchSpace, base: RunConfi
                      f"* space: `{space.path}` (samples {params})\n* dataset: `{base.dataset}`\n"
                      f"* metric: `{METRIC}` (Mainrun evaluate(), per character; lower is better)\n\n"
                      f"Export the best trial and train it:\n\n"
-                     f"```\nmainrun-export --study {study.study_name} --out best.yaml && "
+                     f"```\nmainrun-export --study {shlex.quote(study.study_name)} --out best.yaml && "
                      f"mainrun-train --config best.yaml\n```\n")
 
 
@@ -642,11 +655,9 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
         for t in done[:top]:
             params = " ".join(f"{k}={_fmt(v)}" for k, v in display_params(t).items())
             print(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  {params}")
-    storage_flag = "" if storage_url == DEFAULT_STORAGE else f" --storage '{redact(storage_url)}'"
     print("\nnext:")
     print(f"  {dashboard_command(storage_url, artifacts)}")
-    print(f"  mainrun-export --study {study.study_name}{storage_flag} --out best.yaml && "
-          "mainrun-train --config best.yaml")
+    print(f"  {export_command(storage_url, study.study_name)}")
 
 
 # ---------------------------------------------------------------------- the search

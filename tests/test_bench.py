@@ -91,3 +91,15 @@ def test_a_bad_runs_entry_is_refused_before_anything_runs(tmp_path, spec, messag
     proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", "missing.txt", "--runs", spec],
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--search", "missing.yaml"], "missing.yaml: file not found"),
+    (["--search", str(SPACES / "smoke.yaml"), "--jobs", "1,1"], "each worker count at least 1, and each once"),
+    (["--search", str(SPACES / "smoke.yaml"), "--jobs", "0"], "each worker count at least 1"),
+])
+def test_a_bad_search_benchmark_is_refused_before_anything_runs(tmp_path, args, message):
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", "missing.txt", *args],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -87,6 +87,21 @@ def test_compare_studies_numbers_on_hand_built_trials():
     assert "Pruning saved 50% of tpe+median (with-pruning)'s device time" in text
     assert "random+none (plain) does not prune" in text
     assert text.endswith("tpe+median (with-pruning): met.")
+    assert cmp.caveats == []                        # neither records data or fixed fields that differ
+
+
+def test_compare_says_when_the_studies_values_do_not_compare():
+    from mainrun.compare import compare_studies, verdict
+    pruning, plain = _pruning_and_plain_studies()
+    pruning.set_user_attr("titles_sha256", "a" * 64)
+    plain.set_user_attr("titles_sha256", "b" * 64)
+    pruning.set_user_attr("space_yaml", "fixed: {epochs: 2, mainrun_rules: false}\n")
+    cmp = compare_studies([pruning, plain])
+    assert len(cmp.caveats) == 2
+    assert "different data" in cmp.caveats[0]
+    assert "fix different run fields (epochs, mainrun_rules; epochs: 'with-pruning' 2, 'plain' '(default)')" \
+        in cmp.caveats[1]
+    assert verdict(cmp).startswith("The studies ran on different data")
 
 
 def test_compare_pruning_goal_not_met_policy_fallbacks_and_refusals():

@@ -229,6 +229,10 @@ def test_unknown_study_or_storage_exits_2_and_creates_nothing(built, tmp_path):
         assert words in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
         assert "s3cr3t" not in proc.stderr + proc.stdout
     assert not (tmp_path / "r").exists() and not (tmp_path / "missing").exists()
+    (tmp_path / "a-file").write_text("")
+    proc = subprocess.run(cli("mainrun-report", "--study", STUDY, "--storage", url, "--out", str(tmp_path / "a-file" / "r")),
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "cannot create it" in proc.stderr and "Traceback" not in proc.stderr
 
 
 # ---------------------------------------------------------------------- in-process, on a made-up study
@@ -307,3 +311,29 @@ def test_a_study_without_pruned_trials_says_pruning_saved_nothing(tmp_path):
         study.tell(trial, value)
     page = build_report(url, "unpruned", tmp_path / "out").read_text()
     assert "No trial was pruned, so pruning saved nothing." in page and "Saved by pruning" not in page
+
+
+def test_the_saving_estimate_pays_setup_once_and_uses_each_trials_own_full_length(tmp_path):
+    from mainrun.report import build_report, compute_totals
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = optuna.create_study(study_name="setup", storage=url)
+
+    def add(state, **attrs):
+        trial = study.ask()
+        trial.report(2.0, 0)
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        study.tell(trial, 1.5 if state == TrialState.COMPLETE else None, state=state)
+
+    # pruned after 101 of 1001 steps in 30 s, 10 s of it setup (capture/compile, step 1, its scoring):
+    # the other 900 steps would have taken (30 - 10) / 100 * 900 = 180 s, not 30 * (1001 / 101 - 1) = 267 s
+    add(TrialState.PRUNED, steps=101, max_steps=1001, train_seconds=30.0, setup_seconds=10.0)
+    totals = compute_totals(study.get_trials())
+    assert totals.saved_seconds == pytest.approx(180.0)          # no complete trial needed: max_steps says it
+    # recorded before setup_seconds and max_steps existed: the whole time scales, to a complete trial's steps
+    add(TrialState.COMPLETE, steps=1001, train_seconds=100.0)
+    add(TrialState.PRUNED, steps=101, train_seconds=30.0)
+    totals = compute_totals(study.get_trials())
+    assert totals.saved_seconds == pytest.approx(180.0 + 30.0 * (1001 / 101 - 1))
+    page = build_report(url, "setup", tmp_path / "out").read_text()
+    assert "(train_seconds − setup_seconds) / (steps − 1)" in page

@@ -386,6 +386,16 @@ def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, ti
         assert sorted(p.name for p in tmp_path.iterdir()) == ["titles.txt"], args   # no study, no data work
 
 
+def test_storage_urls_never_show_a_password_and_a_malformed_one_is_a_clear_error():
+    from mainrun.search import SearchError, check_storage_url, redact
+    assert redact("postgresql+psycopg://u:s3cr3t@h/db") == "postgresql+psycopg://u:***@h/db"
+    assert redact("postgresql+psycopg://u@h/db?password=s3cr3t") == "postgresql+psycopg://u@h/db?password=***"
+    for url in ("postgresql+psycopg://u:p@ss:w/rd@h:1/db", "postgresql+psycopg://u@h:port/db"):
+        with pytest.raises(SearchError, match="not a SQLAlchemy URL") as info:
+            check_storage_url(url)
+        assert "ss:w" not in str(info.value)
+
+
 def test_unreachable_storage_exits_2_without_echoing_the_password(tmp_path, titles_file):
     url = "postgresql+psycopg://mainrun:s3cr3t-pw@127.0.0.1:9/nodb"
     proc = subprocess.run(cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
