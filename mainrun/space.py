@@ -134,13 +134,20 @@ class Param:
             return list(self.values)
         return [self.kind(self.low), self.kind(self.high)]
 
+    def count(self) -> int | None:
+        """How many values this param can take; None for a continuous range."""
+        if self.choices is not None or self.values is not None:
+            return len(self.choices if self.choices is not None else self.values)
+        if self.step is not None:
+            return int(round((self.high - self.low) / self.step)) + 1
+        return None
+
     def points(self) -> list | None:
         """Every value this param can take; None for a continuous range."""
         if self.choices is not None or self.values is not None:
             return list(self.choices if self.choices is not None else self.values)
         if self.step is not None:
-            n = int(round((self.high - self.low) / self.step))
-            return [self.kind(self.low + i * self.step) for i in range(n + 1)]
+            return [self.kind(self.low + i * self.step) for i in range(self.count())]
         return None
 
     def grid(self) -> list | None:
@@ -192,7 +199,7 @@ class SearchSpace:
         head_dim = values.pop("head_dim", None)
         if head_dim is not None:
             # never floor: d_model // head_dim would train another head size than the one recorded
-            if not (isinstance(head_dim, int) and head_dim > 0 and values["d_model"] % head_dim == 0):
+            if not head_dim_divides(values["d_model"], head_dim):
                 raise SpaceError(f"{self.path}: key 'head_dim': d_model = {values['d_model']} is not a multiple "
                                  f"of head_dim = {head_dim!r}")
             values["n_head"] = values["d_model"] // head_dim
@@ -463,11 +470,15 @@ def _on_grid(offset: float, step: float) -> bool:
     return math.isclose(n, round(n), rel_tol=0, abs_tol=1e-9 * max(1.0, abs(n)))
 
 
+def head_dim_divides(d_model: int, head_dim: Any) -> bool:
+    """Whether `head_dim` is a head size for `d_model`: a positive integer that divides it."""
+    return isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0 and d_model % head_dim == 0
+
+
 def _check_coupling(params: list[Param], err) -> None:
     names = {p.name: p for p in params}
-    if ("d_model" in names or "head_dim" in names or "n_head" in names) and \
-            any(names[n].choices is None and names[n].values is None and names[n].step is None
-                for n in ("d_model", "head_dim", "n_head") if n in names):
+    if any(names[n].choices is None and names[n].values is None and names[n].step is None
+           for n in COUPLED if n in names):
         raise err("params.d_model", "d_model, n_head and head_dim must be choices, values or stepped ranges, "
                   "so that d_model % n_head == 0 can be guaranteed before any trial runs")
 
@@ -488,13 +499,14 @@ def _check_heads(space: SearchSpace, base: RunConfig, err) -> None:
             break
         need = wider
     chosen = [p for p in space.params if p.name in need]
-    points = [p.points() for p in chosen]
-    if math.prod(len(v) for v in points) > MAX_COUPLING_COMBOS:
+    if math.prod(p.count() for p in chosen) > MAX_COUPLING_COMBOS:     # counted, not listed: a range may be huge
         raise err("params.d_model", f"more than {MAX_COUPLING_COMBOS:,} combinations of d_model, n_head/head_dim "
                   "and their conditions to check; use fewer values")
+    points = [p.points() for p in chosen]
     seen = set()
+    start = {**base.to_dict(), **space.fixed}
     for combo in itertools.product(*points):
-        values: dict[str, Any] = {**base.to_dict(), **space.fixed}
+        values: dict[str, Any] = dict(start)
         for p, v in zip(chosen, combo):
             if p.active(values):
                 values[p.name] = v
@@ -507,7 +519,7 @@ def _check_heads(space: SearchSpace, base: RunConfig, err) -> None:
 
 def _check_pair(values: dict[str, Any], by_name: dict[str, Param], err) -> None:
     d_model, head_dim = values["d_model"], values.get("head_dim")
-    if head_dim is not None and d_model % head_dim:
+    if head_dim is not None and not head_dim_divides(d_model, head_dim):
         raise err("params.head_dim", f"d_model = {d_model} is not a multiple of head_dim = {head_dim}; "
                   "choose values so that every pair divides")
     if head_dim is None and d_model % values["n_head"]:
@@ -618,8 +630,7 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
             raise err(key, str(e).lstrip(": ")) from None
         if "head_dim" in item:
             head_dim = item["head_dim"]
-            if not (isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0
-                    and wanted["d_model"] % head_dim == 0):
+            if not head_dim_divides(wanted["d_model"], head_dim):
                 raise err(key, f"{label} has head_dim = {head_dim!r}, which must be a positive integer that "
                           f"divides d_model = {wanted['d_model']}")
             wanted["n_head"] = wanted["d_model"] // head_dim
