@@ -346,16 +346,20 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _count(n: Any) -> str:
     """A parameter count: 27.2M, or 31,012 for a tiny model."""
-    if not isinstance(n, (int, float)) or isinstance(n, bool):
+    if not _is_number(n):
         return "–"
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{int(n):,}"
 
 
 def _megabytes(mb: Any) -> str:
     """A peak-memory cell: measured on CUDA only, so a CPU trial has none."""
-    if not isinstance(mb, (int, float)) or isinstance(mb, bool):
+    if not _is_number(mb):
         return "–"
     return f"{mb:,.0f}"
 
