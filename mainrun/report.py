@@ -44,7 +44,6 @@ class Totals:
     prep_seconds: float = 0.0
     saved_seconds: float = 0.0           # estimated: what the pruned trials would still have needed
     pruned_seconds: float = 0.0          # what the pruned trials did spend (train)
-    full_steps: int | None = None         # the most steps of a complete trial
     unestimated: int = 0                  # pruned trials whose full run's length is not known
     unit: str = "GPU-seconds"
     wall_seconds: float | None = None
@@ -72,12 +71,12 @@ def compute_totals(trials: list[FrozenTrial]) -> Totals:
     totals.unit = "GPU-seconds" if kinds == {"cuda"} else "CPU-seconds" if kinds == {"cpu"} else "device-seconds"
 
     complete = [t for t in trials if t.state == TrialState.COMPLETE and as_number(t.user_attrs.get("steps")) > 0]
-    totals.full_steps = int(max(t.user_attrs["steps"] for t in complete)) if complete else None
+    longest = int(max(t.user_attrs["steps"] for t in complete)) if complete else 0
     for t in trials:
         if t.state != TrialState.PRUNED or as_number(t.user_attrs.get("steps")) <= 0:
             continue
         full = as_number(t.user_attrs.get("max_steps")) or (
-            _full_steps(t, complete, totals.full_steps) if complete else 0)
+            _full_steps(t, complete, longest) if complete else 0)
         if not full:
             totals.unestimated += 1
             continue
