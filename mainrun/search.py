@@ -124,10 +124,17 @@ def _storage_error(what: str, url: str, parsed, error: Exception) -> SearchError
     return SearchError(f"{what} {redact(url)}: {type(root).__name__}: {reason}{hint}")
 
 
+def _sqlite_file(parsed) -> Path | None:
+    """The database file of a SQLite URL; None for another backend or an in-memory database."""
+    if parsed.get_backend_name() != "sqlite" or not parsed.database or parsed.database == ":memory:":
+        return None
+    return Path(parsed.database)
+
+
 def check_storage_url(url: str):
     """The parsed URL of a storage a search can use; checked before any work, nothing opened."""
     parsed = _parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and (not parsed.database or parsed.database == ":memory:"):
+    if parsed.get_backend_name() == "sqlite" and _sqlite_file(parsed) is None:
         raise SearchError(f"--storage {redact(url)}: an in-memory SQLite database lives in one process "
                           "and is gone at exit, so workers cannot share it and nothing can resume; use a file, "
                           f"e.g. {DEFAULT_STORAGE}")
@@ -138,8 +145,8 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = check_storage_url(settings.url)
-    if parsed.get_backend_name() == "sqlite":
-        db = Path(parsed.database)
+    db = _sqlite_file(parsed)
+    if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
             conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
@@ -158,9 +165,10 @@ def open_study_readonly(storage_url: str, study_name: str) -> optuna.Study:
     empty study."""
     parsed = _parse_url(storage_url)
     if parsed.get_backend_name() == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
+        db = _sqlite_file(parsed)
+        if db is None:
             raise SearchError(f"--storage {redact(storage_url)}: an in-memory database holds no study")
-        if not Path(parsed.database).is_file():
+        if not db.is_file():
             raise SearchError(f"no study database at {parsed.database} (--storage {redact(storage_url)})")
     try:
         storage = optuna.storages.RDBStorage(storage_url, engine_kwargs=_engine_kwargs(parsed),
@@ -191,10 +199,8 @@ def artifact_dir(storage_url: str, override: str | None = None) -> Path:
     if override:
         return Path(override)
     from sqlalchemy.engine import make_url
-    parsed = make_url(storage_url)
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database).parent / "artifacts"
-    return Path("studies") / "artifacts"
+    db = _sqlite_file(make_url(storage_url))
+    return db.parent / "artifacts" if db is not None else Path("studies") / "artifacts"
 
 
 def export_command(storage_url: str, study_name: str) -> str:
