@@ -520,6 +520,14 @@ class Admission:
             self.lock.release(force=True)
 
 
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as a container or taskset limits it),
+    not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
 def _raise_interrupt(signum, _frame):
     # Record the first signal only: a second one (Ctrl-C reaches the parent and the workers)
     # must not interrupt the worker while it records the running trial as failed.
@@ -528,11 +536,26 @@ def _raise_interrupt(signum, _frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
+@contextlib.contextmanager
+def _worker_process_state(ctx: WorkerContext):
+    """The process-wide settings a worker needs while it runs: its signal handlers and its share
+    of the CPU threads. Put back afterwards, since the one-CPU-worker search runs in the caller's
+    process (its later work, or the next test, must not inherit them)."""
+    import torch
+    handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    threads = torch.get_num_threads()
+    if ctx.threads:
+        torch.set_num_threads(ctx.threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
 def _set_up_worker(ctx: WorkerContext, admission: Admission):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    if ctx.threads:
-        import torch
-        torch.set_num_threads(ctx.threads)
     space = load_space(ctx.space_path, ctx.sampler, ctx.pruner)
     base = RunConfig.from_dict(ctx.base)
     data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
@@ -554,8 +577,11 @@ def _sampler_seed(seed: int | None, worker: int, trials_so_far: int) -> int | No
 def run_worker(ctx: WorkerContext) -> int:
     """One worker: run trials until the study holds `ctx.trials` finished ones.
     Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
-    signal.signal(signal.SIGTERM, _raise_interrupt)
-    signal.signal(signal.SIGINT, _raise_interrupt)
+    with _worker_process_state(ctx):
+        return _run_trials(ctx)
+
+
+def _run_trials(ctx: WorkerContext) -> int:
     admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline)
     try:
         study, objective = _set_up_worker(ctx, admission)
@@ -722,7 +748,7 @@ def run_search(opts: SearchOptions) -> int:
     if finished_at_start >= opts.trials:
         print(f"search: study '{study.study_name}' already holds {finished_at_start} finished trials, at least "
               f"--trials {opts.trials}; nothing to run (raise --trials to run more)", flush=True)
-    threads = max(1, (os.cpu_count() or 1) // len(devices)) if not gpu else None
+    threads = max(1, usable_cpus() // len(devices)) if not gpu else None
     contexts = [WorkerContext(space_path=opts.space, base=base.to_dict(), storage=opts.storage,
                               study_name=study.study_name, trials=opts.trials, device=dev,
                               cache_dir=opts.cache_dir, artifacts=str(artifacts), seed=opts.seed, worker=i,

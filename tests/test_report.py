@@ -113,12 +113,17 @@ def external_references(page: str) -> list[str]:
 
 
 def expected_totals(study: optuna.Study) -> tuple[float, float]:
-    """GPU(CPU)-seconds spent and saved, by the formula in the issue, from the raw trials."""
+    """GPU(CPU)-seconds spent and saved, by the README's formula, from the raw trials: a pruned
+    trial would have spent its time after setup per step on each step it did not run."""
     trials = study.get_trials()
     spent = sum(t.user_attrs.get("train_seconds", 0) + t.user_attrs.get("prep_seconds", 0) for t in trials)
-    full = max(t.user_attrs["steps"] for t in trials if t.state == TrialState.COMPLETE)
-    saved = sum(t.user_attrs["train_seconds"] * (full / t.user_attrs["steps"] - 1)
-                for t in trials if t.state == TrialState.PRUNED)
+    saved = 0.0
+    for t in study.get_trials(states=(TrialState.PRUNED,)):
+        a = t.user_attrs
+        if a["steps"] > 1:
+            saved += (a["train_seconds"] - a["setup_seconds"]) / (a["steps"] - 1) * (a["max_steps"] - a["steps"])
+        else:
+            saved += a["train_seconds"] * (a["max_steps"] - 1)
     return spent, saved
 
 

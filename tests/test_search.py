@@ -60,6 +60,9 @@ def test_search_finishes_with_the_requested_trials_and_prunes(smoke_study):
     study = load(tmp, "s")
     assert len(finished(study)) == 6
     assert study.metric_names == ["val_loss"]
+    assert study.direction == optuna.study.StudyDirection.MINIMIZE      # a loss: lower is better
+    complete_values = [t.value for t in study.get_trials(states=(TrialState.COMPLETE,))]
+    assert study.best_value == min(complete_values) and len(set(complete_values)) > 1
     pruned = study.get_trials(states=(TrialState.PRUNED,))
     assert pruned, "the aggressive pruner should prune at least one trial"
     for t in pruned:
@@ -230,6 +233,13 @@ def test_a_different_space_is_refused_unless_a_new_study_is_asked_for(tmp_path, 
     proc = search(tmp_path, *args, "--new-study", space=other)
     assert proc.returncode == 0 and "'s-2'" in proc.stdout
     assert len(finished(load(tmp_path, "s-2"))) == 1
+    # the same space on other titles: the trials would not compare either
+    other_titles = tmp_path / "other-titles.txt"
+    other_titles.write_text("\n".join(make_titles(1500, seed=1)) + "\n")
+    proc = search(tmp_path, "--dataset", str(other_titles), "--study", "s", "--trials", "2")
+    assert proc.returncode == 2
+    assert f"different dataset (it was made on {titles_file})" in proc.stderr and "--new-study" in proc.stderr
+    assert len(load(tmp_path, "s").trials) == 1
 
 
 def test_a_diverging_trial_is_pruned_with_its_reason(tmp_path, titles_file):
@@ -249,23 +259,35 @@ def test_a_diverging_trial_is_pruned_with_its_reason(tmp_path, titles_file):
 
 def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, titles_file, monkeypatch, capsys):
     """No GPU in CI, so the OOM itself is simulated: the first d_model=32 run raises CUDA's
-    OutOfMemoryError; everything else (storage, objective, workers) is real."""
+    OutOfMemoryError; everything else (storage, objective, workers) is real. The one CPU worker
+    runs in this process: its signal handlers and thread count are put back when it ends."""
+    import signal
+
     import torch
 
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search
-    real_train, calls = mainrun.train.train, []
+    from mainrun.search import SearchOptions, StorageSettings, run_search, usable_cpus
+    real_train, calls, during = mainrun.train.train, [], []
 
     def train_or_oom(cfg, *args, **kwargs):
         calls.append(cfg)
+        during.append((torch.get_num_threads(), signal.getsignal(signal.SIGTERM)))
         if len(calls) == 1:
             raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real_train(cfg, *args, **kwargs)
 
     monkeypatch.setattr(mainrun.train, "train", train_or_oom)
     monkeypatch.chdir(tmp_path)
-    code = run_search(SearchOptions(space=str(SMOKE), trials=2, dataset=str(titles_file), study="o",
-                                    storage=StorageSettings(f"sqlite:///{tmp_path / 'o.db'}")))
+    threads, handlers = torch.get_num_threads(), (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT))
+    torch.set_num_threads(max(1, usable_cpus() - 1))      # differs from the worker's share where it can
+    try:
+        code = run_search(SearchOptions(space=str(SMOKE), trials=2, dataset=str(titles_file), study="o",
+                                        storage=StorageSettings(f"sqlite:///{tmp_path / 'o.db'}")))
+        assert torch.get_num_threads() == max(1, usable_cpus() - 1)
+        assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
+    finally:
+        torch.set_num_threads(threads)
+    assert {n for n, _ in during} == {usable_cpus()} and all(h is not handlers[0] for _, h in during)
     assert code == 0
     study = optuna.load_study(study_name="o", storage=f"sqlite:///{tmp_path / 'o.db'}")
     failed = study.get_trials(states=(TrialState.FAIL,))

