@@ -115,7 +115,8 @@ def search_main(argv: list[str] | None = None) -> int:
                              "postgresql+psycopg://user@host/db to share a study between machines")
     parser.add_argument("--study", help="study name (default: the space file's stem)")
     parser.add_argument("--new-study", action="store_true",
-                        help="if the study exists with another space or dataset, start NAME-2 (NAME-3, ...) instead")
+                        help="if the study exists with another space or dataset, resume the first NAME-2 (NAME-3, ...) "
+                             "made from these inputs, or start the next free one")
     parser.add_argument("--dataset", help="hub id or local titles file/folder (default: the Mainrun hub dataset)")
     parser.add_argument("--device", default="auto", help="device for the workers: auto (default), cpu, cuda, cuda:1")
     parser.add_argument("--jobs", type=_positive, default=1, help="worker processes on this machine (default: 1)")

@@ -30,7 +30,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .config import ConfigError, RunConfig
-from .data import Data, prepare_data
+from .data import Data, DataError, prepare_data
 from .space import SearchSpace, load_space
 
 # Heartbeats, their retry callback and metric names are stable in practice but still flagged
@@ -66,7 +66,9 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
     # Optuna logs each trial exception with its traceback. A TrialFailed is expected: its reason
     # is recorded as fail_reason and printed on the trial's line already. So is an interrupt:
     # the worker says so in one line.
-    return not (record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)))
+    if record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)):
+        return False
+    return not record.getMessage().endswith("failed with value None.")     # the same failure's second line
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_not_an_expected_failure)
@@ -133,11 +135,26 @@ def _sqlite_file(parsed) -> Path | None:
 
 def check_storage_url(url: str):
     """The parsed URL of a storage a search can use; checked before any work, nothing opened."""
+    from sqlalchemy.exc import NoSuchModuleError
     parsed = _parse_url(url)
-    if parsed.get_backend_name() == "sqlite" and _sqlite_file(parsed) is None:
-        raise SearchError(f"--storage {redact(url)}: an in-memory SQLite database lives in one process "
-                          "and is gone at exit, so workers cannot share it and nothing can resume; use a file, "
-                          f"e.g. {DEFAULT_STORAGE}")
+    try:
+        dialect = parsed.get_dialect()
+    except NoSuchModuleError:
+        raise SearchError(f"--storage {redact(url)}: unknown database kind '{parsed.drivername}' (use sqlite:///FILE "
+                          "or postgresql+psycopg://user@host/db)") from None
+    try:
+        dialect.import_dbapi()
+    except ImportError as e:
+        raise SearchError(f"--storage {redact(url)}: its driver is not installed ({e}); for PostgreSQL "
+                          "use postgresql+psycopg:// and pip install -e '.[postgres]'") from None
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.host:
+            raise SearchError(f"--storage {redact(url)}: a SQLite URL has no host; write sqlite:///relative/path.db "
+                              "(three slashes) or sqlite:////absolute/path.db (four)")
+        if _sqlite_file(parsed) is None:
+            raise SearchError(f"--storage {redact(url)}: an in-memory SQLite database lives in one process "
+                              "and is gone at exit, so workers cannot share it and nothing can resume; use a "
+                              f"file, e.g. {DEFAULT_STORAGE}")
     return parsed
 
 
@@ -146,16 +163,24 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
     try:
-        return optuna.storages.RDBStorage(
-            settings.url, engine_kwargs=_engine_kwargs(parsed),
-            heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
-    except Exception as e:  # driver errors vary
+        if db is not None:
+            db.parent.mkdir(parents=True, exist_ok=True)
+            with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+                conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
+        for attempt in (1, 2):
+            try:
+                return optuna.storages.RDBStorage(
+                    settings.url, engine_kwargs=_engine_kwargs(parsed),
+                    heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
+                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            except Exception:
+                # Two searches started at once on a new database both create Optuna's tables, and
+                # one fails ("table studies already exists"); a second look finds them made.
+                if attempt == 2:
+                    raise
+                time.sleep(1.0)
+    except Exception as e:  # driver errors vary; a corrupt or read-only SQLite file lands here too
         raise _storage_error("cannot open the study storage", settings.url, parsed, e) from None
 
 
@@ -225,39 +250,37 @@ def tally(study: optuna.Study) -> dict[TrialState, int]:
 def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConfig,
                seed: int | None = None, new_study: bool = False, echo=print) -> optuna.Study:
     """Create the study (with its identity and enqueued trials) or resume it. An existing
-    study made from a different space or dataset is refused: its trials would not compare."""
+    study made from a different space or dataset is refused: its trials would not compare.
+    With new_study, such a study's first NAME-k made from these inputs is resumed instead, or
+    the next free NAME-k created, so that the same command run again resumes what it started."""
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage)
-        theirs = study.user_attrs
-        mismatch = []
-        if theirs.get("space_sha256") not in (None, space.sha256):
-            mismatch.append(f"search space or policy (it was made from {theirs.get('space_file')} with sampler "
-                            f"{theirs.get('sampler')} and pruner {theirs.get('pruner')}; --sampler and --pruner "
-                            "replace the file's options with mainrun's defaults, which counts as a change)")
-        if theirs.get("titles_sha256") not in (None, data.titles_sha256):
-            mismatch.append(f"dataset (it was made on {theirs.get('dataset')})")
+        mismatch = _mismatch(study, space, data)
         if mismatch:
+            alt = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing or not
+                       _mismatch(optuna.load_study(study_name=f"{name}-{i}", storage=storage), space, data))
+            verb = "resume" if alt in existing else "start"
             if not new_study:
-                free = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing)
                 raise SearchError(
                     f"study '{name}' already exists with a different {' and '.join(mismatch)}. "
                     f"Resume it with the same inputs, pick another name with --study, or pass --new-study "
-                    f"to start '{free}'.")
-            name = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing)
-            echo(f"search: starting a new study '{name}' (--new-study)")
-        else:
-            echo(f"search: resuming study '{name}' ({_summary(tally(study))})")
-            added = _enqueue_untried(study, space)
-            if added:
-                echo(f"search: enqueued {', '.join(added)}: known configs of the space not tried yet "
-                     "(added to the file since, or interrupted)")
-            _set_policy(study, space, seed)
-            return study
-    study = optuna.create_study(study_name=name, storage=storage, direction="minimize", load_if_exists=True)
+                    f"to {verb} '{alt}'.")
+            echo(f"search: --new-study: study '{name}' was made from other inputs; {verb} '{alt}'")
+            return open_study(space, storage, alt, data, base, seed, echo=echo)
+        echo(f"search: resuming study '{name}' ({_summary(tally(study))})")
+        added = _enqueue_untried(study, space)
+        if added:
+            echo(f"search: enqueued {', '.join(added)}: known configs of the space not tried yet "
+                 "(added to the file since, or cut short)")
+        _set_policy(study, space, seed)
+        return study
+    try:
+        study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
+    except optuna.exceptions.DuplicatedStudyError:        # another search created it a moment ago
+        return open_study(space, storage, name, data, base, seed, new_study, echo)
     study.set_metric_names([METRIC])
     study.set_user_attr("space_file", space.path)
-    study.set_user_attr("space_sha256", space.sha256)
     study.set_user_attr("space_yaml", space.text)
     study.set_user_attr("sampler", space.sampler["name"])
     study.set_user_attr("pruner", space.pruner["name"])
@@ -265,20 +288,53 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
     study.set_user_attr("titles_sha256", data.titles_sha256)
     study.set_user_attr("mainrun_version", version())
     added = _enqueue_untried(study, space)
-    _save_dashboard_note(study, space, base)
+    _save_dashboard_note(study, space, base, storage.url)
+    study.set_user_attr("space_sha256", space.sha256)     # last: the study is complete (see _identity)
     echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
     _set_policy(study, space, seed)
     return study
 
 
+def _mismatch(study: optuna.Study, space: SearchSpace, data: Data) -> list[str]:
+    """What differs between the inputs a study was made from and these; empty if nothing."""
+    theirs = _identity(study)
+    mismatch = []
+    if theirs["space_sha256"] != space.sha256:
+        mismatch.append(f"search space or policy (it was made from {theirs.get('space_file')} with sampler "
+                        f"{theirs.get('sampler')} and pruner {theirs.get('pruner')}; --sampler and --pruner "
+                        "replace the file's options with mainrun's defaults, which counts as a change)")
+    if theirs.get("titles_sha256") not in (None, data.titles_sha256):     # None: made before it was recorded
+        mismatch.append(f"dataset (it was made on {theirs.get('dataset')})")
+    return mismatch
+
+
+IDENTITY_WAIT = 60.0     # seconds a search waits for a study another search is creating
+
+
+def _identity(study: optuna.Study) -> dict[str, Any]:
+    """The study's user attrs, once its creator has written them all: `space_sha256` is written
+    last, after the enqueued trials. A search started beside the creator waits for it, so that
+    it neither skips the dataset and space check nor enqueues the known configs a second time."""
+    deadline = time.time() + IDENTITY_WAIT
+    while "space_sha256" not in (attrs := study.user_attrs):
+        if time.time() >= deadline:
+            raise SearchError(f"study '{study.study_name}' exists but was never completed: it has no search space "
+                              "recorded (another tool made it, or the search that created it stopped at once). "
+                              f"Pick another name with --study, or delete it: optuna delete-study --study-name "
+                              f"{shlex.quote(study.study_name)} --storage URL")
+        time.sleep(0.5)
+    return attrs
+
+
 def _enqueue_untried(study: optuna.Study, space: SearchSpace) -> list[str]:
     """Enqueue the space's known configs that the study has not tried; return their labels.
     A new study gets all of them. A resumed one gets those added to the file since and those
-    whose trial was interrupted. A known config that finished, failed on its own (OOM, refused)
-    or is still waiting or running is not enqueued again. (Optuna's skip_if_exists would also
-    skip an interrupted one.)"""
+    whose every trial was cut short: interrupted, or lost with its worker (failed for a stale
+    heartbeat, with no reason of its own, also after Optuna's one retry died too). A known
+    config that finished, failed on its own (OOM, refused, an error) or is still waiting or
+    running is not enqueued again. (Optuna's skip_if_exists would also skip a cut-short one.)"""
     tried = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)
-             if not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason") == "interrupted")]
+             if not (t.state == TrialState.FAIL and t.user_attrs.get("fail_reason", "interrupted") == "interrupted")]
     added = []
     for label, params in space.enqueue:
         if params not in tried:
@@ -293,15 +349,14 @@ def _set_policy(study: optuna.Study, space: SearchSpace, seed: int | None) -> No
     study.pruner = space.make_pruner()
 
 
-def _save_dashboard_note(study: optuna.Study, space: SearchSpace, base: RunConfig) -> None:
+def _save_dashboard_note(study: optuna.Study, space: SearchSpace, base: RunConfig, storage_url: str) -> None:
     from optuna_dashboard import save_note
     params = ", ".join(p.name for p in space.params)
     save_note(study, f"# {study.study_name}\n\n{space.description or ''}\n\n"
                      f"* space: `{space.path}` (samples {params})\n* dataset: `{base.dataset}`\n"
                      f"* metric: `{METRIC}` (Mainrun evaluate(), per character; lower is better)\n\n"
                      f"Export the best trial and train it:\n\n"
-                     f"```\nmainrun-export --study {shlex.quote(study.study_name)} --out best.yaml && "
-                     f"mainrun-train --config best.yaml\n```\n")
+                     f"```\n{export_command(storage_url, study.study_name)}\n```\n")
 
 
 def _summary(counts: dict[TrialState, int]) -> str:
@@ -347,6 +402,8 @@ class WorkerContext:
     memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
     workers_on_device: int = 1
     deadline: float | None = None        # --timeout: no trial starts after this time.time()
+    space_sha256: str | None = None      # what the study was opened with: a worker re-reads both
+    titles_sha256: str | None = None     # files and must find them unchanged
 
 
 def _past(deadline: float | None) -> bool:
@@ -392,9 +449,16 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
     def objective(trial: optuna.Trial) -> float:
         admission.release()                      # this trial now counts; the next worker may decide
         try:
+            check_interrupted()
             return run_trial(trial)
         except KeyboardInterrupt:                # wherever it lands, the record says why
             trial.set_user_attr("fail_reason", "interrupted")
+            _Interrupt.trial = trial.number
+            raise
+        except (TrialFailed, WorkerBroken, optuna.TrialPruned):     # their reasons are recorded
+            raise
+        except Exception as e:                   # a bug or an unexpected library error: say which
+            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
             raise
 
     def run_trial(trial: optuna.Trial) -> float:
@@ -419,6 +483,7 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         last = {}
 
         def on_eval(index: int, step: int, val_loss: float) -> bool:
+            check_interrupted()
             trial.report(val_loss, index)
             last.update(index=index, step=step, val_loss=val_loss)
             return trial.should_prune()
@@ -474,14 +539,19 @@ def _finished_twin(trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
 
 
 def _upload(store, trial: optuna.Trial, workdir: Path, cfg: RunConfig, log_path: Path) -> None:
-    """The run config and the JSONL log as trial artifacts (shown by optuna-dashboard)."""
+    """The run config and the JSONL log as trial artifacts (shown by optuna-dashboard). A full
+    or unwritable artifacts folder costs the artifacts, never the trial's result."""
     config_path = workdir / f"trial-{trial.number}-config.yaml"
-    cfg.to_yaml(config_path, header=f"mainrun run config of trial {trial.number}")
     try:
+        cfg.to_yaml(config_path, header=f"mainrun run config of trial {trial.number}")
         for path, mimetype in ((config_path, "application/yaml"), (log_path, "application/jsonl")):
             if path.exists():
                 optuna.artifacts.upload_artifact(artifact_store=store, file_path=str(path),
                                                  study_or_trial=trial, mimetype=mimetype)
+    except OSError as e:
+        trial.set_user_attr("artifact_error", str(e)[:300])
+        print(f"trial {trial.number}: its config and log were not saved as artifacts ({e}); "
+              "its result is kept", flush=True)
     finally:
         import shutil
         shutil.rmtree(workdir, ignore_errors=True)
@@ -528,12 +598,28 @@ def usable_cpus() -> int:
     return os.cpu_count() or 1
 
 
+class _Interrupt:
+    """The signal that interrupted this worker, once one has. The handler raises KeyboardInterrupt
+    wherever the main thread is; when that is inside a garbage-collector callback (gc runs them
+    between trials and at any allocation), Python prints "Exception ignored" and drops it. So
+    the worker also checks here at every evaluation and between trials (check_interrupted)."""
+    signal_name: str | None = None
+    trial: int | None = None             # the trial it stopped, recorded as FAIL "interrupted"
+
+
 def _raise_interrupt(signum, _frame):
     # Record the first signal only: a second one (Ctrl-C reaches the parent and the workers)
     # must not interrupt the worker while it records the running trial as failed.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    _Interrupt.signal_name = signal.Signals(signum).name
+    raise KeyboardInterrupt(_Interrupt.signal_name)
+
+
+def check_interrupted() -> None:
+    """Raise the worker's interrupt again if a signal came and its KeyboardInterrupt was dropped."""
+    if _Interrupt.signal_name:
+        raise KeyboardInterrupt(_Interrupt.signal_name)
 
 
 @contextlib.contextmanager
@@ -542,6 +628,7 @@ def _worker_process_state(ctx: WorkerContext):
     of the CPU threads. Put back afterwards, since the one-CPU-worker search runs in the caller's
     process (its later work, or the next test, must not inherit them)."""
     import torch
+    _Interrupt.signal_name = _Interrupt.trial = None
     handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     threads = torch.get_num_threads()
     if ctx.threads:
@@ -552,6 +639,7 @@ def _worker_process_state(ctx: WorkerContext):
         torch.set_num_threads(threads)
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
+        _Interrupt.signal_name = _Interrupt.trial = None
 
 
 def _set_up_worker(ctx: WorkerContext, admission: Admission):
@@ -559,6 +647,13 @@ def _set_up_worker(ctx: WorkerContext, admission: Admission):
     space = load_space(ctx.space_path, ctx.sampler, ctx.pruner)
     base = RunConfig.from_dict(ctx.base)
     data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
+    # A later round of workers (after one died) re-reads both files: an edit since the search
+    # started would train the rest of the study on other inputs.
+    for what, now, then in (("search space file " + ctx.space_path, space.sha256, ctx.space_sha256),
+                            ("dataset " + base.dataset, data.titles_sha256, ctx.titles_sha256)):
+        if then is not None and now != then:
+            raise SearchError(f"the {what} changed while the search ran; its trials would not compare. "
+                              "Put it back, or start a new study on the new inputs")
     study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
     _set_policy(study, space, _sampler_seed(ctx.seed, ctx.worker, len(study.get_trials(deepcopy=False))))
     return study, make_objective(space, base, data, ctx, admission)
@@ -593,6 +688,7 @@ def _run_trials(ctx: WorkerContext) -> int:
             failures = failures + 1 if trial.state == TrialState.FAIL and not refused else 0
             refusals = refusals + 1 if refused else 0
             print_trial_line(study, trial, ctx)
+            check_interrupted()                   # a signal dropped in the gc.collect() after the trial
             if failures >= MAX_CONSECUTIVE_FAILURES:
                 print(f"[w{ctx.worker}] stopping: {failures} trials in a row failed", flush=True)
                 study.stop()
@@ -607,8 +703,12 @@ def _run_trials(ctx: WorkerContext) -> int:
             study.optimize(objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
     except KeyboardInterrupt as e:
         name = str(e) or "SIGINT"
-        print(f"[w{ctx.worker}] interrupted ({name}); the running trial is recorded as failed", flush=True)
+        stopped = f"; trial {_Interrupt.trial} is recorded as failed" if _Interrupt.trial is not None else ""
+        print(f"[w{ctx.worker}] interrupted ({name}){stopped}", flush=True)
         return 143 if name == "SIGTERM" else 130
+    except (SearchError, ConfigError, DataError) as e:    # the study's inputs changed or went
+        print(f"[w{ctx.worker}] error: {e}", flush=True)
+        return 2
     except WorkerBroken as e:
         print(f"[w{ctx.worker}] stopping after {e}; a fresh worker takes over", flush=True)
         return 3
@@ -737,11 +837,14 @@ def run_search(opts: SearchOptions) -> int:
     devices = _worker_devices(opts, gpu)
     check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
+    artifacts = artifact_dir(opts.storage.url, opts.artifacts)
+    try:
+        artifacts.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"--artifacts {artifacts}: cannot make the folder ({e.strerror})") from None
     storage = open_storage(opts.storage)                            # creates nothing if the data is unusable
     name = opts.study or Path(opts.space).stem
     study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
-    artifacts = artifact_dir(opts.storage.url, opts.artifacts)
-    artifacts.mkdir(parents=True, exist_ok=True)
     print(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}", flush=True)
 
     start, finished_at_start = time.time(), _finished(study)
@@ -755,7 +858,8 @@ def run_search(opts: SearchOptions) -> int:
                               start_time=start, finished_at_start=finished_at_start, threads=threads,
                               sampler=opts.sampler, pruner=opts.pruner, memory_budget_gib=opts.memory_budget_gib,
                               workers_on_device=devices.count(dev),
-                              deadline=start + opts.timeout if opts.timeout else None)
+                              deadline=start + opts.timeout if opts.timeout else None,
+                              space_sha256=space.sha256, titles_sha256=data.titles_sha256)
                 for i, dev in enumerate(devices)]
     code = _run_rounds(study, contexts, opts.trials)
     print_summary(study, opts.storage.url, artifacts)
@@ -842,6 +946,8 @@ def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int)
         codes = _run_workers(contexts)
         if any(c in (130, 143) for c in codes):
             return 143 if 143 in codes else 130
+        if 2 in codes:                          # a worker found the inputs changed: said why, stop
+            return 2
         if _finished(study) >= trials:
             break
         if _past(contexts[0].deadline):

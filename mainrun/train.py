@@ -526,8 +526,9 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
                 if step == 1:
                     result.setup_seconds = elapsed
                 runlog.log("validation_step", step=step, max_steps=max_steps, loss=val_loss, elapsed_time=elapsed)
-                if progress:
-                    bar.write(f"[{step:>5}/{max_steps}] validation loss {val_loss:.4f}  ({elapsed:.1f}s)")
+                # above the bar when there is one (a plain print would tear it)
+                (bar.write if progress else say)(f"[{step:>5}/{max_steps}] validation loss {val_loss:.4f}  "
+                                                 f"({elapsed:.1f}s)")
                 if not math.isfinite(val_loss):
                     result.diverged = f"validation loss became {val_loss} at step {step}"
                 elif on_eval is not None and on_eval(eval_index, step, val_loss) and step < max_steps:

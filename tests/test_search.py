@@ -17,6 +17,7 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import SPACES, cli, make_titles
+from mainrun.config import RunConfig
 
 SMOKE = SPACES / "smoke.yaml"
 
@@ -189,7 +190,8 @@ def test_optuna_dashboard_serves_the_study(smoke_study):
         assert len(detail["trials"]) == 6
         assert detail["has_intermediate_values"] is True
         assert detail.get("objective_names") == ["val_loss"]
-        assert "mainrun-export --study s" in detail["note"]["body"]
+        # the note's command names the storage: run as written, it finds the study
+        assert f"mainrun-export --study s --storage sqlite:///{tmp / 'x.db'} --out best.yaml" in detail["note"]["body"]
         states = {t["state"] for t in detail["trials"]}
         assert "Complete" in states and "Pruned" in states
         trial = next(t for t in detail["trials"] if t["state"] == "Complete")
@@ -231,8 +233,15 @@ def test_a_different_space_is_refused_unless_a_new_study_is_asked_for(tmp_path, 
     assert "different search space" in proc.stderr and "--new-study" in proc.stderr
     assert len(load(tmp_path, "s").trials) == 1                   # nothing was added
     proc = search(tmp_path, *args, "--new-study", space=other)
-    assert proc.returncode == 0 and "'s-2'" in proc.stdout
+    assert proc.returncode == 0 and "start 's-2'" in proc.stdout
     assert len(finished(load(tmp_path, "s-2"))) == 1
+    # the same command again resumes what it started, instead of making 's-3'
+    proc = search(tmp_path, "--dataset", str(titles_file), "--study", "s", "--trials", "2", "--new-study", space=other)
+    assert proc.returncode == 0 and "resume 's-2'" in proc.stdout and "resuming study 's-2'" in proc.stdout
+    assert len(finished(load(tmp_path, "s-2"))) == 2 and "s-3" not in optuna.get_all_study_names(
+        f"sqlite:///{tmp_path / 'x.db'}")
+    proc = search(tmp_path, *args, space=other)                   # without the flag, the error names it
+    assert proc.returncode == 2 and "pass --new-study to resume 's-2'" in proc.stderr
     # the same space on other titles: the trials would not compare either
     other_titles = tmp_path / "other-titles.txt"
     other_titles.write_text("\n".join(make_titles(1500, seed=1)) + "\n")
@@ -240,6 +249,50 @@ def test_a_different_space_is_refused_unless_a_new_study_is_asked_for(tmp_path, 
     assert proc.returncode == 2
     assert f"different dataset (it was made on {titles_file})" in proc.stderr and "--new-study" in proc.stderr
     assert len(load(tmp_path, "s").trials) == 1
+
+
+@pytest.mark.parametrize("same_titles", [True, False], ids=["same-inputs", "other-titles"])
+def test_two_searches_started_at_once_on_a_new_study(tmp_path, titles_file, same_titles):
+    """One creates the study and the other resumes it once the creator has written its identity:
+    with the same inputs the known config is enqueued once, not twice; on other titles the
+    second is refused, instead of mixing two datasets in one study."""
+    from mainrun.data import prepare_data
+    other = tmp_path / "other.txt"
+    other.write_text("\n".join(make_titles(1500, seed=1)) + "\n")
+    fixed = yaml.safe_load(SMOKE.read_text())["fixed"]
+    for titles in (titles_file, other):          # both cached: the two reach the study at the same moment
+        prepare_data(RunConfig.from_dict({**fixed, "dataset": str(titles)}), tmp_path / "cache", log=lambda _m: None)
+    env = {**os.environ, "MAINRUN_CACHE_DIR": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
+    runs = [subprocess.Popen(cli("mainrun-search", "--space", str(SMOKE), "--storage", f"sqlite:///{tmp_path / 'x.db'}",
+                                 "--study", "both", "--trials", "3", "--dataset", str(titles)),
+                             cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for titles in (titles_file, titles_file if same_titles else other)]
+    outs = [run.communicate(timeout=300) for run in runs]
+    codes = [run.returncode for run in runs]
+    trials = load(tmp_path, "both").trials
+    if same_titles:
+        assert codes == [0, 0], outs
+        assert [t.user_attrs.get("enqueued_as") for t in trials].count("enqueue[0]") == 1
+        assert len(finished(load(tmp_path, "both"))) == 3
+    else:
+        assert sorted(codes) == [0, 2], outs
+        refused = outs[codes.index(2)][1]
+        assert "different dataset" in refused and "Traceback" not in refused
+        assert len({t.user_attrs["config"]["dataset"] for t in trials}) == 1
+
+
+def test_a_study_that_was_never_completed_is_refused_after_a_wait(tmp_path, titles_file, monkeypatch):
+    """A study of that name without mainrun's identity (made by another tool, or its creator
+    stopped at once) is neither trusted as matching nor waited on forever."""
+    import mainrun.search
+    from mainrun.search import SearchError, SearchOptions, StorageSettings, run_search
+    url = f"sqlite:///{tmp_path / 'n.db'}"
+    optuna.create_study(study_name="bare", storage=url)
+    monkeypatch.setattr(mainrun.search, "IDENTITY_WAIT", 1.0)
+    with pytest.raises(SearchError, match="'bare' exists but was never completed"):
+        run_search(SearchOptions(space=str(SMOKE), trials=1, dataset=str(titles_file), study="bare",
+                                 storage=StorageSettings(url)))
+    assert load(tmp_path, "bare", db="n.db").trials == []
 
 
 def test_a_diverging_trial_is_pruned_with_its_reason(tmp_path, titles_file):
@@ -294,6 +347,85 @@ def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, ti
     assert len(failed) == 1 and failed[0].user_attrs["fail_reason"].startswith("CUDA out of memory")
     assert len(finished(study)) == 2 and len(study.trials) == 3     # not retried: a new trial filled its place
     assert "FAILED (CUDA out of memory" in capsys.readouterr().out
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
+def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titles_file, monkeypatch, capsys):
+    """A SIGTERM whose KeyboardInterrupt lands in a garbage-collector callback is dropped by
+    Python ("Exception ignored"). The worker must still stop at its next evaluation, record the
+    trial as interrupted and exit 143, not run the search to its end ignoring every signal."""
+    import signal
+    import weakref
+
+    import mainrun.train
+    from mainrun.search import SearchOptions, StorageSettings, run_search
+    real_train = mainrun.train.train
+
+    def train_after_a_dropped_sigterm(cfg, *args, **kwargs):
+        class Thing:
+            pass
+        thing = Thing()
+        ref = weakref.ref(thing, lambda _ref: signal.raise_signal(signal.SIGTERM))
+        del thing                               # the callback runs here and its exception is dropped
+        assert ref() is None
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(mainrun.train, "train", train_after_a_dropped_sigterm)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="g",
+                                    storage=StorageSettings(url)))
+    assert code == 143
+    trials = optuna.load_study(study_name="g", storage=url).trials
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
+    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in capsys.readouterr().out
+
+
+def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_path, titles_file, monkeypatch,
+                                                                             capsys):
+    import shutil
+
+    import mainrun.train
+    from mainrun.search import SearchOptions, StorageSettings, run_search
+    real_train, artifacts = mainrun.train.train, tmp_path / "artifacts"
+
+    def train_then_lose_the_folder(cfg, *args, **kwargs):
+        result = real_train(cfg, *args, **kwargs)
+        shutil.rmtree(artifacts)
+        artifacts.write_text("")                # uploads now fail, for root too (NotADirectoryError)
+        return result
+
+    monkeypatch.setattr(mainrun.train, "train", train_then_lose_the_folder)
+    url = f"sqlite:///{tmp_path / 'a.db'}"
+    code = run_search(SearchOptions(space=str(SMOKE), trials=1, dataset=str(titles_file), study="a",
+                                    storage=StorageSettings(url), artifacts=str(artifacts)))
+    assert code == 0
+    [trial] = optuna.load_study(study_name="a", storage=url).trials
+    assert trial.state == TrialState.COMPLETE and trial.value > 0
+    assert "Not a directory" in trial.user_attrs["artifact_error"]
+    assert "trial 0: its config and log were not saved as artifacts" in capsys.readouterr().out
+
+
+def test_a_worker_refuses_inputs_changed_since_the_search_started(tmp_path, titles_file, capsys):
+    """A later round of workers (after one died) re-reads the space and the titles: edited
+    since the study was opened, they are refused (exit 2), not trained on."""
+    import time as _time
+
+    from mainrun.search import SearchOptions, StorageSettings, WorkerContext, run_worker
+    from mainrun.space import load_space
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    proc = search(tmp_path, "--trials", "1", "--dataset", str(titles_file), "--study", "c", db="c.db")
+    assert proc.returncode == 0, proc.stderr
+    study = load(tmp_path, "c", db="c.db")
+    base = SearchOptions(space=str(SMOKE), dataset=str(titles_file)).base_config(load_space(str(SMOKE)))
+    titles_file.write_text("\n".join(make_titles(1500, seed=7)) + "\n")
+    ctx = WorkerContext(space_path=str(SMOKE), base=base.to_dict(), storage=StorageSettings(url), study_name="c",
+                        trials=2, device="cpu", cache_dir=None, artifacts=str(tmp_path / "artifacts"), seed=None,
+                        worker=0, start_time=_time.time(), finished_at_start=1,
+                        space_sha256=study.user_attrs["space_sha256"], titles_sha256=study.user_attrs["titles_sha256"])
+    assert run_worker(ctx) == 2
+    assert f"the dataset {titles_file} changed while the search ran" in capsys.readouterr().out
+    assert len(load(tmp_path, "c", db="c.db").trials) == 1
 
 
 def test_a_trial_that_would_not_fit_is_refused_before_it_starts(tmp_path, titles_file):
@@ -396,7 +528,10 @@ def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, ti
 
     cases = [(["--device", "bogus"], "not a device name"),
              (["--storage", "sqlite://"], "in-memory SQLite"),
-             (["--storage", "sqlite:///:memory:"], "in-memory SQLite")]
+             (["--storage", "sqlite:///:memory:"], "in-memory SQLite"),
+             (["--storage", "sqllite:///x.db"], "unknown database kind 'sqllite'"),
+             (["--storage", "sqlite://x.db"], "a SQLite URL has no host"),               # two slashes
+             (["--storage", "postgresql+pg8000://u@h/db"], "its driver is not installed")]
     if not torch.cuda.is_available():
         cases += [(["--gpus", "0"], "no CUDA GPU"), (["--device", "cuda"], "no CUDA GPU")]
     for args, words in cases:
@@ -406,6 +541,23 @@ def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, ti
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
         assert sorted(p.name for p in tmp_path.iterdir()) == ["titles.txt"], args   # no study, no data work
+
+
+def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, titles_file):
+    corrupt = tmp_path / "corrupt.db"
+    corrupt.write_bytes(bytes(range(256)) * 32)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    cases = [(["--storage", f"sqlite:///{corrupt}"], "file is not a database"),
+             (["--artifacts", str(a_file / "artifacts")], "--artifacts")]
+    for args, words in cases:
+        argv = cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
+                   "--storage", f"sqlite:///{tmp_path / 'x.db'}", *args)
+        env = {**os.environ, "MAINRUN_CACHE_DIR": str(tmp_path / "cache")}
+        proc = subprocess.run(argv, capture_output=True, text=True, cwd=tmp_path, timeout=120, env=env)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
+        assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "x.db").exists()                     # the artifacts are checked before the study
 
 
 def test_storage_urls_never_show_a_password_and_a_malformed_one_is_a_clear_error():
@@ -486,16 +638,24 @@ def test_a_resume_enqueues_known_configs_added_since_or_interrupted(tmp_path, ti
     trial = study.ask()
     trial.set_user_attr("fail_reason", "interrupted")
     study.tell(trial, state=TrialState.FAIL)
-    # ... and one added to the file since: both run on resume; the finished one does not run again
+    # ... one whose worker died twice (a stale heartbeat fails a trial with no reason of its
+    # own; Optuna's one retry died too) ...
+    lost = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.5, "d_model": 16, "head_dim": 16, "mlp": "gelu"}
+    for _ in range(2):
+        study.enqueue_trial(lost, user_attrs={"enqueued_as": "lost-worker"})
+        study.tell(study.ask(), state=TrialState.FAIL)
+    # ... and one added to the file since: all run on resume; the finished one does not run again
     added = {"optimizer": "adamw", "lr": 0.01, "d_model": 32, "head_dim": 16, "mlp": "swiglu"}
-    data["enqueue"] += [{**interrupted, "label": "was-interrupted"}, {**added, "label": "added-later"}]
+    data["enqueue"] += [{**interrupted, "label": "was-interrupted"}, {**lost, "label": "lost-worker"},
+                        {**added, "label": "added-later"}]
     space.write_text(yaml.safe_dump(data, sort_keys=False))
-    proc = search(tmp_path, *args, "--trials", "3", space=space)
+    proc = search(tmp_path, *args, "--trials", "4", space=space)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "enqueued was-interrupted, added-later" in proc.stdout
+    assert "enqueued was-interrupted, lost-worker, added-later" in proc.stdout
     done = sorted(finished(load(tmp_path, "k")), key=lambda t: t.number)
-    assert [t.user_attrs.get("enqueued_as") for t in done] == ["enqueue[0]", "was-interrupted", "added-later"]
-    assert done[1].params == interrupted and done[2].params == added
+    assert [t.user_attrs.get("enqueued_as") for t in done] == ["enqueue[0]", "was-interrupted", "lost-worker",
+                                                               "added-later"]
+    assert done[1].params == interrupted and done[2].params == lost and done[3].params == added
 
 
 def test_a_seeded_sequential_search_is_repeatable(tmp_path, titles_file):
