@@ -48,6 +48,7 @@ GIB = 2**30
 MAX_CONSECUTIVE_FAILURES = 5
 # Refusals cost no training, but a space where almost nothing fits must still end.
 MAX_CONSECUTIVE_REFUSALS = 25
+EXIT_INPUTS_CHANGED = 2       # a worker's exit code (and the search's) when its inputs changed
 
 
 class SearchError(Exception):
@@ -72,6 +73,10 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_not_an_expected_failure)
+
+
+class InputsChanged(SearchError):
+    """A worker found the space file or the titles changed since the search opened the study."""
 
 
 class WorkerBroken(Exception):
@@ -258,8 +263,7 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
         study = optuna.load_study(study_name=name, storage=storage)
         mismatch = _mismatch(study, space, data)
         if mismatch:
-            alt = next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing or not
-                       _mismatch(optuna.load_study(study_name=f"{name}-{i}", storage=storage), space, data))
+            alt = _alternative(storage, name, existing, space, data)
             verb = "resume" if alt in existing else "start"
             if not new_study:
                 raise SearchError(
@@ -293,6 +297,18 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
     echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
     _set_policy(study, space, seed)
     return study
+
+
+def _alternative(storage, name: str, existing: set[str], space: SearchSpace, data: Data) -> str:
+    """For --new-study: the first NAME-k made from these inputs, else the first free NAME-k. A
+    NAME-k still being created (or never completed) is neither: it is not waited for here."""
+    taken = sorted((int(n[len(name) + 1:]), n) for n in existing
+                   if n.startswith(f"{name}-") and n[len(name) + 1:].isdigit() and int(n[len(name) + 1:]) >= 2)
+    for _, other in taken:
+        study = optuna.load_study(study_name=other, storage=storage)
+        if "space_sha256" in study.user_attrs and not _mismatch(study, space, data):
+            return other
+    return next(f"{name}-{i}" for i in itertools.count(2) if f"{name}-{i}" not in existing)
 
 
 def _mismatch(study: optuna.Study, space: SearchSpace, data: Data) -> list[str]:
@@ -644,16 +660,19 @@ def _worker_process_state(ctx: WorkerContext):
 
 def _set_up_worker(ctx: WorkerContext, admission: Admission):
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    space = load_space(ctx.space_path, ctx.sampler, ctx.pruner)
-    base = RunConfig.from_dict(ctx.base)
-    data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
     # A later round of workers (after one died) re-reads both files: an edit since the search
     # started would train the rest of the study on other inputs.
+    base = RunConfig.from_dict(ctx.base)
+    try:
+        space = load_space(ctx.space_path, ctx.sampler, ctx.pruner)
+        data = prepare_data(base, ctx.cache_dir, log=lambda _m: None)    # a cache hit: prepared by the parent
+    except (ConfigError, DataError) as e:
+        raise InputsChanged(f"the search's inputs no longer load: {e}") from None
     for what, now, then in (("search space file " + ctx.space_path, space.sha256, ctx.space_sha256),
                             ("dataset " + base.dataset, data.titles_sha256, ctx.titles_sha256)):
         if then is not None and now != then:
-            raise SearchError(f"the {what} changed while the search ran; its trials would not compare. "
-                              "Put it back, or start a new study on the new inputs")
+            raise InputsChanged(f"the {what} changed while the search ran; its trials would not compare. "
+                                "Put it back, or start a new study on the new inputs")
     study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
     _set_policy(study, space, _sampler_seed(ctx.seed, ctx.worker, len(study.get_trials(deepcopy=False))))
     return study, make_objective(space, base, data, ctx, admission)
@@ -706,9 +725,9 @@ def _run_trials(ctx: WorkerContext) -> int:
         stopped = f"; trial {_Interrupt.trial} is recorded as failed" if _Interrupt.trial is not None else ""
         print(f"[w{ctx.worker}] interrupted ({name}){stopped}", flush=True)
         return 143 if name == "SIGTERM" else 130
-    except (SearchError, ConfigError, DataError) as e:    # the study's inputs changed or went
+    except InputsChanged as e:
         print(f"[w{ctx.worker}] error: {e}", flush=True)
-        return 2
+        return EXIT_INPUTS_CHANGED
     except WorkerBroken as e:
         print(f"[w{ctx.worker}] stopping after {e}; a fresh worker takes over", flush=True)
         return 3
@@ -838,13 +857,14 @@ def run_search(opts: SearchOptions) -> int:
     check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
+    _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
+    storage = open_storage(opts.storage)                            # creates nothing if the data is unusable
+    name = opts.study or Path(opts.space).stem
+    study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
     try:
         artifacts.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise SearchError(f"--artifacts {artifacts}: cannot make the folder ({e.strerror})") from None
-    storage = open_storage(opts.storage)                            # creates nothing if the data is unusable
-    name = opts.study or Path(opts.space).stem
-    study = open_study(space, storage, name, data, base, opts.seed, opts.new_study)
     print(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}", flush=True)
 
     start, finished_at_start = time.time(), _finished(study)
@@ -864,6 +884,15 @@ def run_search(opts: SearchOptions) -> int:
     code = _run_rounds(study, contexts, opts.trials)
     print_summary(study, opts.storage.url, artifacts)
     return code
+
+
+def _check_folder_can_be_made(folder: Path) -> None:
+    """Refuse a folder that cannot exist (a file on its path) or cannot be written, creating nothing."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise SearchError(f"--artifacts {folder}: {existing} is a file, so the folder cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SearchError(f"--artifacts {folder}: {existing} is not writable")
 
 
 # The fields that decide a model's size and memory: what --dry-run names for the largest corner.
@@ -946,10 +975,10 @@ def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int)
         codes = _run_workers(contexts)
         if any(c in (130, 143) for c in codes):
             return 143 if 143 in codes else 130
-        if 2 in codes:                          # a worker found the inputs changed: said why, stop
-            return 2
         if _finished(study) >= trials:
             break
+        if EXIT_INPUTS_CHANGED in codes:        # the worker said why; another round would say it again
+            return EXIT_INPUTS_CHANGED
         if _past(contexts[0].deadline):
             print(f"search: --timeout reached with {_finished(study)} of {trials} trials finished; "
                   "the same command resumes the study", flush=True)

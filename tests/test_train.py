@@ -486,6 +486,9 @@ def test_cli_end_to_end(tmp_path, titles_file):
     events = [json.loads(line) for line in log.read_text().splitlines()]
     val = [e for e in events if e["event"] == "validation_step"]
     assert round(val[-1]["loss"], 6) == value
+    # --no-progress drops the bars, not the evaluations: one line each, the last one the result
+    lines = re.findall(r"^\[ *(\d+)/(\d+)\] validation loss (\d+\.\d+)", proc.stdout, re.M)
+    assert len(lines) == len(val) and int(lines[-1][0]) == int(lines[-1][1]) and abs(float(lines[-1][2]) - value) < 1e-4
     assert "Traceback" not in proc.stderr
 
 
