@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -160,13 +161,20 @@ def search_main(argv: list[str] | None = None) -> int:
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
+    # SIGTERM stops the search like Ctrl-C wherever it lands, also outside the workers (while it
+    # prepares the data or waits for a dead worker's trial); the workers install their own.
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except (ConfigError, DataError, SearchError) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'SIGINT'})", file=sys.stderr)
+        return 143 if str(e) == "SIGTERM" else 130
+
+
+def _sigterm_as_interrupt(_signum, _frame) -> NoReturn:
+    raise KeyboardInterrupt("SIGTERM")
 
 
 # ---------------------------------------------------------------------- mainrun-export

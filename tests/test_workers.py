@@ -418,3 +418,24 @@ def test_a_trial_that_never_sent_a_heartbeat_does_not_block_the_study(tmp_path, 
     assert counts[TrialState.COMPLETE] + counts[TrialState.PRUNED] == 3, describe(trials)
     assert counts[TrialState.RUNNING] == 0, describe(trials)
     assert next(t for t in trials if t.number == zombie.number).state == TrialState.FAIL
+
+
+def test_sigterm_while_waiting_for_a_dead_workers_trial_exits_143(tmp_path, titles, quick_space, searches):
+    """Between rounds the search waits (up to three heartbeat graces) for a trial whose worker
+    may have died. SIGTERM there stops it like Ctrl-C: a message and exit 143, not a silent kill."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    first = searches(url, titles, trials=1, space=quick_space)
+    assert first.wait(RUN_TIMEOUT) == 0, first.output()[-6000:]
+    zombie = optuna.load_study(study_name=STUDY, storage=url).ask()     # RUNNING: it fills the last slot
+    search = searches(url, titles, trials=2, space=quick_space, extra=("--heartbeat", "5", "--heartbeat-grace", "60"))
+    deadline = time.time() + START_TIMEOUT
+    while "waiting for 1 running trial" not in search.output():
+        search.check_alive()
+        assert time.time() < deadline, search.output()[-6000:]
+        time.sleep(0.1)
+    os.kill(search.pid, signal.SIGTERM)
+    rc = search.wait(3 * EXIT_AFTER_SIGNAL)
+    out = search.output()
+    assert rc == 143, out[-6000:]
+    assert "interrupted (SIGTERM)" in out and "Traceback" not in out, out[-6000:]
+    assert next(t for t in trials_of(url) if t.number == zombie.number).state == TrialState.RUNNING
