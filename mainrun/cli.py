@@ -12,6 +12,17 @@ from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 EXIT_USAGE = 2
 
 
+def _sigterm_as_interrupt(_signum, _frame) -> NoReturn:
+    # SIGTERM stops a command like Ctrl-C wherever it lands (data preparation, training, a
+    # search waiting between rounds), with a message and 143; search workers install their own.
+    raise KeyboardInterrupt("SIGTERM")
+
+
+def _interrupted(e: KeyboardInterrupt) -> int:
+    print(f"interrupted ({e or 'SIGINT'})", file=sys.stderr)
+    return 143 if str(e) == "SIGTERM" else 130
+
+
 def _fail(message: str) -> NoReturn:
     print(f"error: {message}", file=sys.stderr)
     raise SystemExit(EXIT_USAGE)
@@ -51,6 +62,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .data import DataError, prepare_data
     from .train import DeviceError, ScoringError, resolve_device, train
 
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
         device = resolve_device(args.device)                  # before the data work, not after it
@@ -58,9 +70,8 @@ def train_main(argv: list[str] | None = None) -> int:
         result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress)
     except (ConfigError, DataError, ScoringError, DeviceError) as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        return _interrupted(e)
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
           f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, "
@@ -161,20 +172,13 @@ def search_main(argv: list[str] | None = None) -> int:
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
-    # SIGTERM stops the search like Ctrl-C wherever it lands, also outside the workers (while it
-    # prepares the data or waits for a dead worker's trial); the workers install their own.
     signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except (ConfigError, DataError, SearchError) as e:
         _fail(str(e))
     except KeyboardInterrupt as e:
-        print(f"interrupted ({e or 'SIGINT'})", file=sys.stderr)
-        return 143 if str(e) == "SIGTERM" else 130
-
-
-def _sigterm_as_interrupt(_signum, _frame) -> NoReturn:
-    raise KeyboardInterrupt("SIGTERM")
+        return _interrupted(e)
 
 
 # ---------------------------------------------------------------------- mainrun-export

@@ -492,6 +492,31 @@ def test_cli_end_to_end(tmp_path, titles_file):
     assert "Traceback" not in proc.stderr
 
 
+def test_cli_sigterm_mid_run_exits_143_with_a_message(tmp_path, titles_file):
+    import os
+    import signal
+    import time
+    config = tmp_path / "tiny.yaml"
+    RunConfig.from_dict({**TINY, "epochs": 50}).to_yaml(config)       # long enough to be stopped
+    out = tmp_path / "out.txt"
+    with open(out, "w") as sink:
+        proc = subprocess.Popen(cli("mainrun-train", "--config", str(config), "--dataset", str(titles_file),
+                                    "--no-progress", "--log", str(tmp_path / "run.jsonl")),
+                                stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        try:
+            deadline = time.time() + 120
+            while "validation loss" not in out.read_text():
+                assert proc.poll() is None and time.time() < deadline, out.read_text()[-3000:]
+                time.sleep(0.1)
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=60) == 143, out.read_text()[-3000:]
+        finally:
+            proc.kill()
+    text = out.read_text()
+    assert "interrupted (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
+
+
 def test_cli_diverged_run_exits_1(tmp_path, titles_file, capsys):
     from mainrun.cli import train_main
 
