@@ -166,25 +166,34 @@ def check_storage_url(url: str):
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
+    from filelock import FileLock
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
+
+    def rdb_storage() -> optuna.storages.RDBStorage:
+        return optuna.storages.RDBStorage(
+            settings.url, engine_kwargs=_engine_kwargs(parsed),
+            heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+
+    # Optuna sets up a new database (tables, version row, alembic stamp) in several unlocked
+    # steps, so two searches opening it at once can trip over each other. A SQLite file lives
+    # on one machine: its setup is serialised by a lock. A server is tried again, with backoff.
     try:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
-                conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
-        for attempt in (1, 2):
+            digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
+            with FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-db-{digest}.lock"), timeout=120):
+                with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
+                    conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
+                return rdb_storage()
+        for delay in (1, 2, 4, None):
             try:
-                return optuna.storages.RDBStorage(
-                    settings.url, engine_kwargs=_engine_kwargs(parsed),
-                    heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
-                    heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+                return rdb_storage()
             except Exception:
-                # Two searches started at once on a new database both create Optuna's tables, and
-                # one fails ("table studies already exists"); a second look finds them made.
-                if attempt == 2:
+                if delay is None:
                     raise
-                time.sleep(1.0)
+                time.sleep(delay)
     except Exception as e:  # driver errors vary; a corrupt or read-only SQLite file lands here too
         raise _storage_error("cannot open the study storage", settings.url, parsed, e) from None
 

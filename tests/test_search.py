@@ -270,13 +270,14 @@ def test_two_searches_started_at_once_on_a_new_study(tmp_path, titles_file, same
             for titles in (titles_file, titles_file if same_titles else other)]
     outs = [run.communicate(timeout=300) for run in runs]
     codes = [run.returncode for run in runs]
+    said = "\n".join(f"--- search {i}: exit {code}\n{out}\n{err}" for i, (code, (out, err)) in enumerate(zip(codes, outs)))
     trials = load(tmp_path, "both").trials
     if same_titles:
-        assert codes == [0, 0], outs
+        assert codes == [0, 0], said
         assert [t.user_attrs.get("enqueued_as") for t in trials].count("enqueue[0]") == 1
         assert len(finished(load(tmp_path, "both"))) == 3
     else:
-        assert sorted(codes) == [0, 2], outs
+        assert sorted(codes) == [0, 2], said
         refused = outs[codes.index(2)][1]
         assert "different dataset" in refused and "Traceback" not in refused
         assert len({t.user_attrs["config"]["dataset"] for t in trials}) == 1
