@@ -19,7 +19,6 @@ import argparse
 import gc
 import json
 import multiprocessing
-import os
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -30,7 +29,7 @@ import torch
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 from .data import DataError, prepare_data
 from .model import GPT
-from .search import SearchError
+from .search import SearchError, share_cores_politely
 from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
@@ -166,10 +165,7 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
     done: dict[int, dict] = {}
     sharing = min(parallel, len(runs))
     if not resolve_device(device).type == "cuda":
-        # CPU runs share the cores: OpenMP threads that spin while waiting slow the others down
-        # many times over (the spawned runs inherit this). The thread count stays, and so do the
-        # sums' order and the val losses.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        share_cores_politely()          # the spawned runs inherit it; thread counts and val losses stay
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=sharing, mp_context=spawn) as pool:
         futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, sharing): i

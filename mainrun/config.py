@@ -230,6 +230,16 @@ def _did_you_mean(key: str, known: set[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+def is_int(value: Any) -> bool:
+    """An int, and not a bool (which Python counts as one)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def is_number(value: Any) -> bool:
+    """An int or a float, and not a bool."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Check `value` against the field type. Ints become floats for float fields, and a
     numeric string such as '6e-3' is accepted for a float (YAML 1.1 reads it as a string)."""
@@ -237,12 +247,12 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
         if isinstance(value, bool):
             return value
     elif kind is int:
-        if isinstance(value, int) and not isinstance(value, bool):
+        if is_int(value):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
     elif kind is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if is_number(value):
             try:
                 number = float(value)
             except OverflowError:

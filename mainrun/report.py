@@ -21,6 +21,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from .config import is_number
 from .search import (METRIC, SearchError, display_params, export_command, open_study_readonly, redact,
                      version)
 
@@ -345,20 +346,16 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
-
-
 def _count(n: Any) -> str:
     """A parameter count: 27.2M, or 31,012 for a tiny model."""
-    if not _is_number(n):
+    if not is_number(n):
         return "–"
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{int(n):,}"
 
 
 def _megabytes(mb: Any) -> str:
     """A peak-memory cell: measured on CUDA only, so a CPU trial has none."""
-    if not _is_number(mb):
+    if not is_number(mb):
         return "–"
     return f"{mb:,.0f}"
 

@@ -14,6 +14,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import re
 import shlex
 import signal
 import sqlite3
@@ -163,10 +164,17 @@ def check_storage_url(url: str):
     return parsed
 
 
+def machine_lock(kind: str, key: str, timeout: float = -1):
+    """A file lock that every process on this machine shares for `key` (a storage, a study):
+    in the temp folder, named by a digest, so nothing is left beside the user's files."""
+    from filelock import FileLock
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    return FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{kind}-{digest}.lock"), timeout=timeout)
+
+
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
-    from filelock import FileLock
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
 
@@ -182,8 +190,7 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
     try:
         if db is not None:
             db.parent.mkdir(parents=True, exist_ok=True)
-            digest = hashlib.sha256(str(db.resolve()).encode()).hexdigest()[:16]
-            with FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-db-{digest}.lock"), timeout=120):
+            with machine_lock("db", str(db.resolve()), timeout=120):
                 with contextlib.closing(sqlite3.connect(db, timeout=60)) as conn:
                     conn.execute("PRAGMA journal_mode=WAL")      # persists in the file
                 return rdb_storage()
@@ -311,8 +318,8 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
 def _alternative(storage, name: str, existing: set[str], space: SearchSpace, data: Data) -> str:
     """For --new-study: the first NAME-k made from these inputs, else the first free NAME-k. A
     NAME-k still being created (or never completed) is neither: it is not waited for here."""
-    taken = sorted((int(n[len(name) + 1:]), n) for n in existing
-                   if n.startswith(f"{name}-") and n[len(name) + 1:].isdigit() and int(n[len(name) + 1:]) >= 2)
+    numbered = re.compile(rf"{re.escape(name)}-(\d+)")
+    taken = sorted((int(m[1]), n) for n in existing if (m := numbered.fullmatch(n)) and int(m[1]) >= 2)
     for _, other in taken:
         study = optuna.load_study(study_name=other, storage=storage)
         if "space_sha256" in study.user_attrs and not _mismatch(study, space, data):
@@ -590,9 +597,7 @@ class Admission:
     still made, but unlocked (see README)."""
 
     def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
-        from filelock import FileLock
-        digest = hashlib.sha256(f"{storage_url}\0{study_name}".encode()).hexdigest()[:16]
-        self.lock = FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{digest}.lock"))
+        self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
         self.trials, self.deadline = trials, deadline
 
     def needed(self, study: optuna.Study) -> bool:
@@ -747,10 +752,15 @@ def _run_trials(ctx: WorkerContext) -> int:
 
 def _worker_process(ctx: WorkerContext) -> None:
     if ctx.device == "cpu":
-        # CPU workers share the cores: OpenMP threads that spin while waiting slow every
-        # other worker down many times over. Set before torch starts its thread pool.
-        os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+        share_cores_politely()
     sys.exit(run_worker(ctx))
+
+
+def share_cores_politely() -> None:
+    """For CPU processes that share the cores (workers, bench --parallel): OpenMP threads that
+    spin while they wait slow every other process down many times over; passive ones sleep.
+    Takes effect in a process that has not started torch's thread pool yet (a spawned one)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 # ---------------------------------------------------------------------- terminal output

@@ -36,7 +36,7 @@ from typing import Any
 
 import optuna
 
-from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, load_yaml_file
+from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, is_int, is_number, load_yaml_file
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
 # Read only by the data preparation, which runs once per study from the base config (tokenizer
@@ -122,7 +122,7 @@ class Param:
             return value in self.choices
         if self.values is not None:
             return value in self.values
-        if not (isinstance(value, (int, float)) and not isinstance(value, bool) and self.low <= value <= self.high):
+        if not (is_number(value) and self.low <= value <= self.high):
             return False
         return self.step is None or _on_grid(value - self.low, self.step)
 
@@ -472,7 +472,7 @@ def _on_grid(offset: float, step: float) -> bool:
 
 def head_dim_divides(d_model: int, head_dim: Any) -> bool:
     """Whether `head_dim` is a head size for `d_model`: a positive integer that divides it."""
-    return isinstance(head_dim, int) and not isinstance(head_dim, bool) and head_dim > 0 and d_model % head_dim == 0
+    return is_int(head_dim) and head_dim > 0 and d_model % head_dim == 0
 
 
 def _check_coupling(params: list[Param], err) -> None:
@@ -590,9 +590,9 @@ def _check_option_type(value: Any, default: Any, ours: Any, key: str, err) -> No
     if isinstance(example, bool):
         ok, what = isinstance(value, bool), "true or false"
     elif isinstance(example, int):
-        ok, what = isinstance(value, int) and not isinstance(value, bool), "an integer"
+        ok, what = is_int(value), "an integer"
     elif isinstance(example, float):
-        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+        ok, what = is_number(value), "a number"
     else:
         return
     if not ok:
