@@ -30,7 +30,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "optimizer": ("sgd", "adamw", "muon"),
     "schedule": ("cosine", "warmup_cosine", "linear", "wsd"),
     "precision": ("auto", "bf16", "fp32"),
-    "compile": ("none", "regional", "model"),
+    "compile": ("auto", "none", "regional", "model"),
 }
 
 
@@ -93,7 +93,8 @@ class RunConfig:
     grad_clip: float = 1.0              # 0 disables clipping
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
     cuda_graph: bool = True             # CUDA + AdamW: capture the whole training step once and replay it
-    compile: str = "none"               # torch.compile: regional (each block, compiled once, and the loss) or model
+    compile: str = "auto"               # torch.compile: regional (each block, compiled once, and the loss) or model;
+                                        # auto: regional on CUDA (it pays off, cold cache included), none elsewhere
     # --- evaluation (Mainrun-fixed scoring geometry) ---
     evals_per_epoch: int = 3
     eval_batch_size: int = 64

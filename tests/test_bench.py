@@ -75,13 +75,13 @@ def test_a_runs_entry_is_a_preset_with_precision_eager_and_overrides():
     assert (cfg.d_model, cfg.mlp, cfg.lr) == (PRESETS["report-003"]["d_model"], "swiglu", PRESETS["report-003"]["lr"])
     assert (cfg.precision, cfg.cuda_graph, cfg.compile, cfg.dataset) == ("bf16", False, "model", "titles.txt")
     plain = _preset_config("baseline", "titles.txt")
-    assert (plain.precision, plain.cuda_graph, plain.compile) == ("auto", True, "none")
+    assert (plain.precision, plain.cuda_graph, plain.compile) == ("auto", True, "auto")
     assert _preset_config("baseline:compile=regional", "t.txt").compile == "regional"   # precision may be left out
 
 
 @pytest.mark.parametrize("spec, message", [
     ("nope:bf16", "unknown preset 'nope'"),
-    ("baseline:bf16:compile=fast", "must be one of none, regional, model"),
+    ("baseline:bf16:compile=fast", "must be one of auto, none, regional, model"),
     ("baseline:bf17", "must be one of auto, bf16, fp32"),
     ("baseline:bf16:lr", "expects KEY=VALUE"),
 ])

@@ -16,7 +16,7 @@ from mainrun import train as train_mod
 from mainrun.config import RunConfig
 from mainrun.data import prepare_data
 from mainrun.model import GPT
-from mainrun.train import ScoringError, evaluate, eval_steps, lr_factor, steps_per_epoch, train
+from mainrun.train import ScoringError, evaluate, eval_steps, lr_factor, resolve_compile, steps_per_epoch, train
 
 V = 300
 
@@ -712,6 +712,17 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
 
 
 # ---------------------------------------------------------------------- torch.compile
+def test_compile_auto_is_regional_on_cuda_only_and_an_explicit_mode_is_kept():
+    """The default: regional compilation won on the H100 (README, Measured); on CPU it is
+    untimed, so CPU runs, and these tests, stay eager unless a config asks."""
+    auto = RunConfig()
+    assert auto.compile == "auto"
+    assert resolve_compile(auto, torch.device("cuda")) == "regional"
+    assert resolve_compile(auto, torch.device("cpu")) == "none"
+    for mode in ("none", "regional", "model"):
+        assert resolve_compile(RunConfig(compile=mode), torch.device("cuda")) == mode
+
+
 def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch):
     """Regional compilation (each block, and the loss) of a real run on the CPU, evaluation
     included: the same curve as eager, up to the reordering of floating-point sums, with four
