@@ -13,13 +13,20 @@ EXIT_USAGE = 2
 
 
 def _sigterm_as_interrupt(_signum, _frame) -> NoReturn:
-    # SIGTERM stops a command like Ctrl-C wherever it lands (data preparation, training, a
-    # search waiting between rounds), with a message and 143; search workers install their own.
     raise KeyboardInterrupt("SIGTERM")
 
 
+def _stop_on_signals() -> None:
+    """SIGTERM stops a command like Ctrl-C wherever it lands (data preparation, training, a
+    search waiting between rounds), with a message and 143; search workers install their own.
+    SIGINT is set explicitly: a command started with `&` from a script inherits it ignored,
+    and Python then never raises KeyboardInterrupt, while the search's workers stop on it."""
+    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def _interrupted(e: KeyboardInterrupt) -> int:
-    print(f"interrupted ({e or 'SIGINT'})", file=sys.stderr)
+    print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
     return 143 if str(e) == "SIGTERM" else 130
 
 
@@ -62,7 +69,7 @@ def train_main(argv: list[str] | None = None) -> int:
     from .data import DataError, prepare_data
     from .train import DeviceError, ScoringError, resolve_device, train
 
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    _stop_on_signals()
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
         device = resolve_device(args.device)                  # before the data work, not after it
@@ -172,7 +179,7 @@ def search_main(argv: list[str] | None = None) -> int:
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
+    _stop_on_signals()
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except (ConfigError, DataError, SearchError) as e:

@@ -492,7 +492,11 @@ def test_cli_end_to_end(tmp_path, titles_file):
     assert "Traceback" not in proc.stderr
 
 
-def test_cli_sigterm_mid_run_exits_143_with_a_message(tmp_path, titles_file):
+@pytest.mark.parametrize("sig, code, sigint_ignored", [
+    ("SIGTERM", 143, False),
+    ("SIGINT", 130, True),            # started with `&` from a script: SIGINT inherited ignored
+])
+def test_cli_signal_mid_run_exits_with_a_message(tmp_path, titles_file, sig, code, sigint_ignored):
     import os
     import signal
     import time
@@ -503,18 +507,20 @@ def test_cli_sigterm_mid_run_exits_143_with_a_message(tmp_path, titles_file):
         proc = subprocess.Popen(cli("mainrun-train", "--config", str(config), "--dataset", str(titles_file),
                                     "--no-progress", "--log", str(tmp_path / "run.jsonl")),
                                 stdout=sink, stderr=subprocess.STDOUT, cwd=tmp_path,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                preexec_fn=lambda: signal.signal(
+                                    signal.SIGINT, signal.SIG_IGN if sigint_ignored else signal.SIG_DFL))
         try:
             deadline = time.time() + 120
             while "validation loss" not in out.read_text():
                 assert proc.poll() is None and time.time() < deadline, out.read_text()[-3000:]
                 time.sleep(0.1)
-            proc.send_signal(signal.SIGTERM)
-            assert proc.wait(timeout=60) == 143, out.read_text()[-3000:]
+            proc.send_signal(getattr(signal, sig))
+            assert proc.wait(timeout=60) == code, out.read_text()[-3000:]
         finally:
             proc.kill()
     text = out.read_text()
-    assert "interrupted (SIGTERM)" in text and "Traceback" not in text, text[-3000:]
+    assert f"interrupted ({sig})" in text and "Traceback" not in text, text[-3000:]
 
 
 def test_cli_diverged_run_exits_1(tmp_path, titles_file, capsys):

@@ -78,8 +78,9 @@ class Search:
     """One `mainrun-search` process, its output in a file (no pipe to fill up)."""
 
     def __init__(self, tmp_path: Path, index: int, storage: str, titles: Path, trials: int,
-                 jobs: int = 1, space: Path = SMOKE, extra: tuple[str, ...] = ()):
+                 jobs: int = 1, space: Path = SMOKE, extra: tuple[str, ...] = (), sigint_ignored: bool = False):
         self.storage = storage
+        self.sigint_ignored = sigint_ignored          # as for `mainrun-search ... &` started from a script
         self.argv = cli("mainrun-search", "--space", str(space), "--trials", str(trials), "--jobs", str(jobs),
                         "--dataset", str(titles), "--storage", storage, "--study", STUDY, "--device", "cpu",
                         "--artifacts", str(tmp_path / "artifacts"), *extra)
@@ -97,7 +98,12 @@ class Search:
                "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "PASSIVE")}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self.argv, cwd=self.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, start_new_session=True)
+                                         stdin=subprocess.DEVNULL, start_new_session=True,
+                                         preexec_fn=self._inherited_sigint)
+
+    def _inherited_sigint(self) -> None:
+        # in the child before exec: the disposition the search starts with, whatever pytest's is
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.sigint_ignored else signal.SIG_DFL)
 
     @property
     def pid(self) -> int:
@@ -376,9 +382,12 @@ def test_interrupt_records_failed_trial_and_resume_finishes(sig, code, tmp_path,
     assert counts[TrialState.FAIL] == 1, describe(trials)
 
 
-def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches):
+@pytest.mark.parametrize("sigint_ignored", [False, True], ids=["from-a-terminal", "started-with-&"])
+def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches, sigint_ignored):
+    """A background job started from a script inherits SIGINT ignored; `kill -INT` must still
+    stop the search, as it stops the workers."""
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    search = searches(url, titles, trials=12, jobs=2, space=quick_space)
+    search = searches(url, titles, trials=12, jobs=2, space=quick_space, sigint_ignored=sigint_ignored)
     _, interrupted = wait_until_training(search, workers=True)
     sent = time.monotonic()
     os.kill(search.pid, signal.SIGINT)
