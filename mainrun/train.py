@@ -491,6 +491,13 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
     runlog.log("model_info", parameters_count=result.n_params)
     t0 = time.perf_counter()                          # training time includes the graph capture
     graph = cfg.cuda_graph and dev.type == "cuda" and capture_verified(cfg)
+    setup = []                          # said, or a cold compile is many silent seconds before step 1
+    if compile_mode != "none":
+        setup.append(f"torch.compile ({compile_mode})")
+    if graph:
+        setup.append("CUDA-graph capture")
+    if setup:
+        say(f"setup before step 1: {' and '.join(setup)}; slowest the first time this machine sees the shape")
     opt = make_optimizer(cfg, model, dev, capturable=graph)
     # The capture here (or, eagerly, the first step) allocates almost all the memory the run
     # needs: a config that does not fit fails at once with OutOfMemoryError, not halfway.

@@ -738,9 +738,12 @@ def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=2, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3)
-    eager = train(cfg, data, device="cpu", progress=False, echo=None)
+    said: list[str] = []
+    eager = train(cfg, data, device="cpu", progress=False, echo=said.append)
+    assert not [line for line in said if line.startswith("setup")]
     counters.clear()
-    compiled = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=None)
+    compiled = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=said.append)
+    assert "setup before step 1: torch.compile (regional); slowest the first time" in said[-len(compiled.curve) - 1]
     assert [s for s, _ in compiled.curve] == [s for s, _ in eager.curve]
     assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=1e-3)
     assert counters["stats"]["unique_graphs"] == 4 and not counters["graph_break"]
