@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure_all(runs, args.device, args.cache_dir, args.parallel)
 
     reference = next((r["val_loss"] for r in rows if "error" not in r), float("nan"))
-    print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'setup s':>9}{'tok/s':>12}"
+    print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'setup s':>9}{'loop s':>8}{'tok/s':>12}"
           f"{'TFLOP/s':>9}{'%peak':>7}{'est MiB':>9}{'peak MiB':>9}")
     for r in rows:
         if "error" in r:
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         frac = f"{100 * r['peak_frac']:.1f}" if r["peak_frac"] else "-"
         peak_mem = "-" if r["peak_mem_mb"] is None else f"{r['peak_mem_mb']:,.0f}"
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
-              f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
+              f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['loop_s']:>8.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
               f"{r['est_mem_mb']:>9,.0f}{peak_mem:>9}")
     _write_json(args.json, rows)
     return 1 if any("error" in r for r in rows) else 0
@@ -207,7 +207,8 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
     peak = gpu_peak()
     return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss,
             "data_s": data.prep_seconds, "data_cached": data.cached, "train_s": result.train_seconds,
-            "setup_s": result.setup_seconds, "wall_s": result.train_seconds + data.prep_seconds,
+            "setup_s": result.setup_seconds, "loop_s": result.train_seconds - result.setup_seconds,
+            "wall_s": result.train_seconds + data.prep_seconds,
             "tokens_per_s": result.tokens_per_second, "tflops": tflops,
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,

@@ -30,11 +30,11 @@ def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_fi
     for r in rows:
         assert 0 < r["val_loss"] < 10 and r["steps"] == 7 * r["steps_per_epoch"]
         assert r["train_s"] > 0 and r["tokens_per_s"] > 0 and r["tflops"] > 0
-        assert 0 < r["setup_s"] < r["train_s"]
+        assert 0 < r["setup_s"] < r["train_s"] and r["loop_s"] == pytest.approx(r["train_s"] - r["setup_s"])
         assert r["est_mem_mb"] > 0 and r["gpu"] == "cpu"
         assert r["peak_mem_mb"] is None                   # measured on CUDA only
     assert rows[1]["params"] > rows[0]["params"]          # at this width swiglu rounds its branches up to 64
-    assert "est MiB" in stdout and "mlp=swiglu" in stdout
+    assert "est MiB" in stdout and "loop s" in stdout and "mlp=swiglu" in stdout
     # the same runs two at a time, each in its own process: the same val losses
     parallel, _ = bench(tmp_path, "--dataset", str(titles_file), "--base", str(base), "--ablate", "mlp=swiglu",
                         "--parallel", "2")
