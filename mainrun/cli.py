@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import signal
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import Callable, NoReturn
 
 from .config import PRESETS, ConfigError, RunConfig, parse_overrides
 
@@ -16,18 +17,24 @@ def _sigterm_as_interrupt(_signum, _frame) -> NoReturn:
     raise KeyboardInterrupt("SIGTERM")
 
 
-def _stop_on_signals() -> None:
-    """SIGTERM stops a command like Ctrl-C wherever it lands (data preparation, training, a
-    search waiting between rounds), with a message and 143; search workers install their own.
-    SIGINT is set explicitly: a command started with `&` from a script inherits it ignored,
-    and Python then never raises KeyboardInterrupt, while the search's workers stop on it."""
-    signal.signal(signal.SIGTERM, _sigterm_as_interrupt)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
-def _interrupted(e: KeyboardInterrupt) -> int:
-    print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
-    return 143 if str(e) == "SIGTERM" else 130
+def _interruptible(main: Callable[[list[str] | None], int]) -> Callable[[list[str] | None], int]:
+    """SIGTERM stops a command like Ctrl-C wherever it lands (the imports, data preparation,
+    training, a search waiting between rounds), with a message and 130 or 143; search workers
+    install their own. SIGINT is set explicitly: a command started with `&` from a script
+    inherits it ignored, and Python then never raises KeyboardInterrupt."""
+    @functools.wraps(main)
+    def run(argv: list[str] | None = None) -> int:
+        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt), signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        try:
+            return main(argv)
+        except KeyboardInterrupt as e:
+            print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
+            return 143 if str(e) == "SIGTERM" else 130
+        finally:                            # for a caller in the same process, such as a test
+            signal.signal(signal.SIGTERM, previous[0])
+            signal.signal(signal.SIGINT, previous[1])
+    return run
 
 
 def _fail(message: str) -> NoReturn:
@@ -51,6 +58,7 @@ def load_run_config(config: str | None, preset: str | None, dataset: str | None,
 
 
 # ---------------------------------------------------------------------- mainrun-train
+@_interruptible
 def train_main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="mainrun-train",
@@ -69,7 +77,6 @@ def train_main(argv: list[str] | None = None) -> int:
     from .data import DataError, prepare_data
     from .train import DeviceError, ScoringError, resolve_device, train
 
-    _stop_on_signals()
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
         device = resolve_device(args.device)                  # before the data work, not after it
@@ -77,8 +84,6 @@ def train_main(argv: list[str] | None = None) -> int:
         result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress)
     except (ConfigError, DataError, ScoringError, DeviceError) as e:
         _fail(str(e))
-    except KeyboardInterrupt as e:
-        return _interrupted(e)
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
           f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, "
@@ -117,6 +122,7 @@ def _positive_float(text: str) -> float:
     return value
 
 
+@_interruptible
 def search_main(argv: list[str] | None = None) -> int:
     from .search import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
     from .space import PRUNERS, SAMPLERS
@@ -179,13 +185,10 @@ def search_main(argv: list[str] | None = None) -> int:
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
-    _stop_on_signals()
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except (ConfigError, DataError, SearchError) as e:
         _fail(str(e))
-    except KeyboardInterrupt as e:
-        return _interrupted(e)
 
 
 # ---------------------------------------------------------------------- mainrun-export

@@ -62,6 +62,7 @@ def open_dataset(source: str):
             options = {"keep_default_na": False} if builder == "csv" else {}
             ds = datasets.load_dataset(builder, data_files=str(path), split="train", **options)
         except Exception as e:  # the builders raise many kinds; the user needs the file and the reason
+            _reraise_interrupt(e)
             raise DataError(f"{path}: could not be read as {builder} ({type(e).__name__}: {e})") from None
         if builder == "text":
             ds = ds.rename_column("text", "title")
@@ -93,7 +94,19 @@ def _load_from_hub(name: str):
     try:
         return datasets.load_dataset(name, split="train")
     except Exception as e:
+        _reraise_interrupt(e)
         raise DataError(f"could not load {name!r} from the hub ({type(e).__name__}: {e})") from None
+
+
+def _reraise_interrupt(e: BaseException) -> None:
+    """datasets wraps a Ctrl-C or SIGTERM that lands while it builds (DatasetGenerationError):
+    it is still an interrupt, not a file that cannot be read."""
+    seen: list[BaseException] = []
+    while e is not None and e not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            raise e
+        seen.append(e)
+        e = e.__cause__ or e.__context__
 
 
 def _hub_unreachable(timeout: float = 3.0) -> str | None:

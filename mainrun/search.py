@@ -299,17 +299,23 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:        # another search created it a moment ago
         return open_study(space, storage, name, data, base, seed, new_study, echo)
-    study.set_metric_names([METRIC])
-    study.set_user_attr("space_file", space.path)
-    study.set_user_attr("space_yaml", space.text)
-    study.set_user_attr("sampler", space.sampler["name"])
-    study.set_user_attr("pruner", space.pruner["name"])
-    study.set_user_attr("dataset", base.dataset)
-    study.set_user_attr("titles_sha256", data.titles_sha256)
-    study.set_user_attr("mainrun_version", version())
-    added = _enqueue_untried(study, space)
-    _save_dashboard_note(study, space, base, storage.url)
-    study.set_user_attr("space_sha256", space.sha256)     # last: the study is complete (see _identity)
+    try:
+        study.set_metric_names([METRIC])
+        study.set_user_attr("space_file", space.path)
+        study.set_user_attr("space_yaml", space.text)
+        study.set_user_attr("sampler", space.sampler["name"])
+        study.set_user_attr("pruner", space.pruner["name"])
+        study.set_user_attr("dataset", base.dataset)
+        study.set_user_attr("titles_sha256", data.titles_sha256)
+        study.set_user_attr("mainrun_version", version())
+        added = _enqueue_untried(study, space)
+        _save_dashboard_note(study, space, base, storage.url)
+        study.set_user_attr("space_sha256", space.sha256)     # last: the study is complete (see _identity)
+    except BaseException:
+        # Ctrl-C or an error half-way: a study without its identity would block the same command
+        # (it waits for the identity, then refuses), so it goes; it holds no trial results yet.
+        optuna.delete_study(study_name=name, storage=storage)
+        raise
     echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
     _set_policy(study, space, seed)
     return study
@@ -1038,15 +1044,24 @@ def _run_workers(contexts: list[WorkerContext]) -> list[int]:
         return [run_worker(contexts[0])]
     mp = multiprocessing.get_context("spawn")
     procs = [mp.Process(target=_worker_process, args=(ctx,), name=f"mainrun-w{ctx.worker}") for ctx in contexts]
-    for p in procs:
-        p.start()
+
+    stopping: list[int] = []
 
     def forward(signum, _frame):
+        stopping.append(signum)
         for p in procs:
-            if p.is_alive():
+            if p.is_alive():                  # False for one not started yet
                 os.kill(p.pid, signum)
     previous = signal.signal(signal.SIGTERM, forward)
     try:
+        # Inside the try, with the handler set: a signal while the workers start must reach those
+        # already started, and no worker may start after it.
+        for p in procs:
+            if stopping:
+                break
+            p.start()
+        if stopping:                          # again, for one that was starting when it came
+            forward(stopping[0], None)
         for p in procs:
             while p.is_alive():
                 p.join(timeout=0.5)
@@ -1057,6 +1072,8 @@ def _run_workers(contexts: list[WorkerContext]) -> list[int]:
         return [130]
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        return [143]
     codes = [p.exitcode if p.exitcode is not None else 1 for p in procs]
     return [143 if c == -signal.SIGTERM else c for c in codes]
 

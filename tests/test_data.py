@@ -466,3 +466,22 @@ def test_concurrent_prepare_builds_one_entry(tiny_config, tmp_path):
     d = prepare_data(tiny_config, cache, log=quiet)
     assert d.cached
     np.testing.assert_array_equal(d.train_ids, results[0][2])
+
+
+def test_an_interrupt_while_datasets_reads_a_file_stays_an_interrupt(tmp_path, monkeypatch):
+    """datasets wraps a Ctrl-C or SIGTERM that lands while it builds the dataset in a
+    DatasetGenerationError; that must stop the command (130/143), not report an unreadable
+    file (exit 2). The wrapping is datasets' own: a KeyboardInterrupt is raised inside the
+    real builder, the way the signal handler raises it."""
+    hf()
+    titles = tmp_path / "t.txt"
+    titles.write_text("one title\nanother title\n")
+    from datasets.packaged_modules.text import text as text_builder
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt("SIGTERM")
+        yield
+    monkeypatch.setattr(text_builder.Text, "_generate_tables", interrupted)
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    with pytest.raises(KeyboardInterrupt, match="SIGTERM"):
+        data_mod.open_dataset(str(titles))

@@ -283,6 +283,33 @@ def test_two_searches_started_at_once_on_a_new_study(tmp_path, titles_file, same
         assert len({t.user_attrs["config"]["dataset"] for t in trials}) == 1
 
 
+def test_a_study_interrupted_while_being_created_is_removed_so_the_command_reruns(tmp_path, titles_file,
+                                                                                  monkeypatch):
+    """Ctrl-C after create_study but before the identity is written left a study that the same
+    command then waited for and refused ("never completed"). The creator removes it instead."""
+    import mainrun.search
+    from mainrun.data import prepare_data
+    from mainrun.search import StorageSettings, open_storage, open_study
+    from mainrun.space import load_space
+    smoke = load_space(str(SMOKE))
+    base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
+    data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
+    storage = open_storage(StorageSettings(f"sqlite:///{tmp_path / 'c.db'}"))
+
+    def interrupted(*_args):                  # where a Ctrl-C can land: after the trials are enqueued
+        raise KeyboardInterrupt
+    with monkeypatch.context() as patch:
+        patch.setattr(mainrun.search, "_save_dashboard_note", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            open_study(smoke, storage, "s", data, base, echo=lambda _m: None)
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)] == []
+    said: list[str] = []
+    monkeypatch.setattr(mainrun.search, "IDENTITY_WAIT", 1.0)      # were it left, the rerun would wait, then fail
+    study = open_study(smoke, storage, "s", data, base, echo=said.append)
+    assert said == [f"search: created study 's' with {len(smoke.enqueue)} enqueued trials"]
+    assert study.user_attrs["space_sha256"] == smoke.sha256
+
+
 def test_new_study_resumes_the_first_matching_name_past_gaps_and_bare_studies(tmp_path, titles_file, monkeypatch):
     """--new-study picks the first NAME-k made from these inputs, wherever it is; a NAME-k that
     was never completed is skipped without waiting; only with no match is a free name started."""
