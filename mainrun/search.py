@@ -1068,7 +1068,8 @@ def _run_workers(contexts: list[WorkerContext]) -> list[int]:
     except KeyboardInterrupt:                 # let the workers record their running trials as failed
         forward(signal.SIGINT, None)
         for p in procs:
-            p.join(timeout=30)
+            if p.pid is not None:             # started (a Ctrl-C may land between two starts)
+                p.join(timeout=30)
         return [130]
     finally:
         signal.signal(signal.SIGTERM, previous)
