@@ -24,16 +24,16 @@ def _interruptible(main: Callable[[list[str] | None], int]) -> Callable[[list[st
     inherits it ignored, and Python then never raises KeyboardInterrupt."""
     @functools.wraps(main)
     def run(argv: list[str] | None = None) -> int:
-        previous = signal.signal(signal.SIGTERM, _sigterm_as_interrupt), signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        previous = {sig: signal.signal(sig, handler) for sig, handler in
+                    ((signal.SIGTERM, _sigterm_as_interrupt), (signal.SIGINT, signal.default_int_handler))}
         try:
             return main(argv)
         except KeyboardInterrupt as e:
             print(f"interrupted ({str(e) or 'SIGINT'})", file=sys.stderr)
             return 143 if str(e) == "SIGTERM" else 130
         finally:                            # for a caller in the same process, such as a test
-            signal.signal(signal.SIGTERM, previous[0])
-            signal.signal(signal.SIGINT, previous[1])
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
     return run
 
 
