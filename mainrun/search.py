@@ -489,15 +489,18 @@ def make_objective(space: SearchSpace, base: RunConfig, data: Data, ctx: WorkerC
         try:
             check_interrupted()
             return run_trial(trial)
-        except KeyboardInterrupt:                # wherever it lands, the record says why
-            trial.set_user_attr("fail_reason", "interrupted")
-            _Interrupt.trial = trial.number
-            raise
         except (TrialFailed, WorkerBroken, optuna.TrialPruned):     # their reasons are recorded
             raise
-        except Exception as e:                   # a bug or an unexpected library error: say which
-            trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
-            raise
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt) and not _Interrupt.signal_name:
+                # a bug or an unexpected library error: say which
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+                raise
+            # Interrupted, wherever it landed: also when code it landed in wrapped it in an error
+            # of its own (class creation turns it into "RuntimeError: Error calling __set_name__").
+            trial.set_user_attr("fail_reason", "interrupted")
+            _Interrupt.trial = trial.number
+            raise KeyboardInterrupt(_Interrupt.signal_name or str(e)) from None
 
     def run_trial(trial: optuna.Trial) -> float:
         try:

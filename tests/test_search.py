@@ -442,6 +442,38 @@ def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titl
     assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in capsys.readouterr().out
 
 
+def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(tmp_path, titles_file,
+                                                                              monkeypatch, capsys):
+    """A signal whose KeyboardInterrupt lands in code that wraps it (on Python 3.11, class
+    creation turns it into "RuntimeError: Error calling __set_name__") is an interrupt: the
+    trial is recorded as interrupted, not as failed with that RuntimeError, and the search
+    stops with 143. Seen in CI when a Ctrl-C reached a worker during a lazy import."""
+    import signal
+
+    import mainrun.train
+    from mainrun.search import SearchOptions, StorageSettings, run_search
+    real_train = mainrun.train.train
+
+    def train_after_a_wrapped_sigterm(cfg, *args, **kwargs):
+        class Field:
+            def __set_name__(self, owner, name):
+                signal.raise_signal(signal.SIGTERM)
+
+        class Thing:                            # defining it runs __set_name__
+            field = Field()
+        return real_train(cfg, *args, **kwargs)
+
+    monkeypatch.setattr(mainrun.train, "train", train_after_a_wrapped_sigterm)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 'w.db'}"
+    code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="w",
+                                    storage=StorageSettings(url)))
+    assert code == 143
+    trials = optuna.load_study(study_name="w", storage=url).trials
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
+    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in capsys.readouterr().out
+
+
 def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_path, titles_file, monkeypatch,
                                                                              capsys):
     import shutil
