@@ -314,7 +314,11 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
     except BaseException:
         # Ctrl-C or an error half-way: a study without its identity would block the same command
         # (it waits for the identity, then refuses), so it goes; it holds no trial results yet.
-        optuna.delete_study(study_name=name, storage=storage)
+        try:
+            optuna.delete_study(study_name=name, storage=storage)
+        except Exception as cleanup:           # the error that stopped the creation is the one to report
+            echo(f"search: could not remove the half-made study '{name}' ({type(cleanup).__name__}: {cleanup}); "
+                 f"delete it before rerunning: optuna delete-study --study-name {name} --storage '{redact(storage.url)}'")
         raise
     echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
     _set_policy(study, space, seed)

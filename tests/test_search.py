@@ -310,6 +310,33 @@ def test_a_study_interrupted_while_being_created_is_removed_so_the_command_rerun
     assert study.user_attrs["space_sha256"] == smoke.sha256
 
 
+def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tmp_path, titles_file, monkeypatch):
+    """The clean-up runs against the same database that may have failed; its own error must not
+    replace the one that stopped the creation, and the study left behind is named."""
+    import mainrun.search
+    from mainrun.data import prepare_data
+    from mainrun.search import StorageSettings, open_storage, open_study
+    from mainrun.space import load_space
+    smoke = load_space(str(SMOKE))
+    base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
+    data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
+    storage = open_storage(StorageSettings(f"sqlite:///{tmp_path / 'c.db'}"))
+
+    def interrupted(*_args):
+        raise KeyboardInterrupt
+
+    def unreachable(**_kwargs):                 # as when the database went away mid-creation
+        raise ConnectionError("server closed the connection")
+    monkeypatch.setattr(mainrun.search, "_save_dashboard_note", interrupted)
+    monkeypatch.setattr(optuna, "delete_study", unreachable)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        open_study(smoke, storage, "s", data, base, echo=said.append)
+    assert said == ["search: could not remove the half-made study 's' (ConnectionError: server closed the "
+                    "connection); delete it before rerunning: optuna delete-study --study-name s "
+                    f"--storage 'sqlite:///{tmp_path / 'c.db'}'"]
+
+
 def test_new_study_resumes_the_first_matching_name_past_gaps_and_bare_studies(tmp_path, titles_file, monkeypatch):
     """--new-study picks the first NAME-k made from these inputs, wherever it is; a NAME-k that
     was never completed is skipped without waiting; only with no match is a free name started."""
