@@ -1006,7 +1006,10 @@ def _run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int)
         before = _finished(study)
         codes = _run_workers(contexts)
         if any(c in (130, 143) for c in codes):
-            return 143 if 143 in codes else 130
+            code = 143 if 143 in codes else 130
+            print(f"search: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); the same command resumes "
+                  "the study", flush=True)
+            return code
         if _finished(study) >= trials:
             break
         if EXIT_INPUTS_CHANGED in codes:        # the worker said why; another round would say it again

@@ -329,7 +329,7 @@ class Scorer:
         chunk = min(self.model.block_size, self.width)
         total = torch.zeros((), device=x.device)
         # Eagerly, even when the blocks are compiled: scoring's no-grad graphs would be two more
-        # to compile in every run's setup (on an H100: ~2.5 s for a new shape, ~0.7 s from the
+        # to compile in every run's setup (on an H100: ~2.4 s for a new shape, ~0.7 s from the
         # cache) for 0.3 s less scoring over the baseline's 22 passes (README, Measured).
         with autocast(x.device, self.precision), torch.compiler.set_stance("force_eager"):
             for start in range(0, self.width, chunk):

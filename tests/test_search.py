@@ -466,7 +466,9 @@ def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titl
     assert code == 143
     trials = optuna.load_study(study_name="g", storage=url).trials
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
-    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in out
+    assert "search: interrupted (SIGTERM); the same command resumes the study" in out
 
 
 def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(tmp_path, titles_file,
@@ -498,7 +500,9 @@ def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(t
     assert code == 143
     trials = optuna.load_study(study_name="w", storage=url).trials
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
-    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in out
+    assert "search: interrupted (SIGTERM); the same command resumes the study" in out
 
 
 def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_path, titles_file, monkeypatch,

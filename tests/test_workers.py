@@ -395,6 +395,7 @@ def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches
     took = time.monotonic() - sent
     out = search.output()
     assert rc == 130, out[-6000:]
+    assert "search: interrupted (SIGINT); the same command resumes the study" in out, out[-6000:]
     assert took < EXIT_AFTER_SIGNAL, f"{took:.1f}s to stop after SIGINT"
     assert "database is locked" not in out.lower(), out[-6000:]
 
