@@ -14,7 +14,10 @@ import contextlib
 import functools
 import json
 import math
+import os
 import random
+import shutil
+import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +40,8 @@ class ScoringError(ValueError):
 
 
 class DeviceError(ValueError):
-    """The requested device is not a device, or not on this machine."""
+    """The requested device is not a device, or not on this machine, or lacks what the config
+    needs on it (a C compiler to compile for CUDA)."""
 
 
 @dataclass
@@ -107,8 +111,21 @@ def resolve_compile(cfg: RunConfig, device: torch.device) -> str:
     # On an H100, regional compilation won in a 3-worker search even though every new shape
     # compiled from a cold cache (README, Measured); on CPU it is untimed and costs a C compiler.
     if cfg.compile == "auto":
-        return "regional" if device.type == "cuda" else "none"
+        return "regional" if device.type == "cuda" and cuda_compile_blocker() is None else "none"
     return cfg.compile
+
+
+def cuda_compile_blocker() -> str | None:
+    """Why torch.compile cannot run on CUDA on this machine, or None. Triton builds its kernel
+    launchers at run time, with $CC or else gcc or clang, against Python's headers; without them
+    every compiled run would fail at its first step (a runtime-only container image, say)."""
+    if not (os.environ.get("CC") or shutil.which("gcc") or shutil.which("clang")):
+        return "no C compiler ($CC, gcc or clang), which Triton needs to build its kernel launchers"
+    scheme = sysconfig.get_default_scheme()
+    include = sysconfig.get_paths(scheme="posix_prefix" if scheme == "posix_local" else scheme)["include"]
+    if not os.path.isfile(os.path.join(include, "Python.h")):
+        return f"no Python headers ({include}/Python.h), which Triton builds its kernel launchers against"
+    return None
 
 
 def autocast(device: torch.device, precision: str):
@@ -473,6 +490,11 @@ def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
 def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResult:
     runlog.log("hyperparameters_configured", **cfg.to_dict())
     compile_mode = resolve_compile(cfg, dev)
+    if dev.type == "cuda" and (blocker := cuda_compile_blocker()):
+        if compile_mode != "none":
+            raise DeviceError(f"compile: {compile_mode} cannot run here: {blocker}; install one, or set compile: none")
+        if cfg.compile == "auto":
+            say(f"compile: auto runs uncompiled here: {blocker}")
     runlog.log("device_info", device=str(dev), precision=precision, compile=compile_mode)
     train_ids = torch.as_tensor(data.train_ids, dtype=torch.long, device=dev)
     val_ids = torch.as_tensor(data.val_ids, dtype=torch.long, device=dev)

@@ -729,6 +729,19 @@ def test_compile_auto_is_regional_on_cuda_only_and_an_explicit_mode_is_kept():
         assert resolve_compile(RunConfig(compile=mode), torch.device("cuda")) == mode
 
 
+def test_compile_auto_runs_uncompiled_on_a_machine_without_a_c_compiler(tmp_path, monkeypatch):
+    """Triton builds its kernel launchers with $CC, gcc or clang: without one (a runtime-only
+    container image) every compiled trial would fail at its first step, so auto does not compile."""
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", str(tmp_path))                   # an empty folder: no gcc, no clang
+    assert "no C compiler ($CC, gcc or clang)" in train_mod.cuda_compile_blocker()
+    assert resolve_compile(RunConfig(), torch.device("cuda")) == "none"
+    assert resolve_compile(RunConfig(compile="regional"), torch.device("cuda")) == "regional"   # train() refuses it
+    monkeypatch.setenv("CC", "/usr/bin/cc")                    # what Triton takes first
+    assert train_mod.cuda_compile_blocker() is None
+    assert resolve_compile(RunConfig(), torch.device("cuda")) == "regional"
+
+
 def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch):
     """Regional compilation (each block, and the loss) of a real run on the CPU, evaluation
     included: the same curve as eager, up to the reordering of floating-point sums, with two
