@@ -492,7 +492,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
     compile_mode = resolve_compile(cfg, dev)
     if dev.type == "cuda" and (blocker := cuda_compile_blocker()):
         if compile_mode != "none":
-            raise DeviceError(f"compile: {compile_mode} cannot run here: {blocker}; install one, or set compile: none")
+            raise DeviceError(f"compile: {compile_mode} cannot run here: {blocker}. Set compile: none (or auto), "
+                              "or install what is missing")
         if cfg.compile == "auto":
             say(f"compile: auto runs uncompiled here: {blocker}")
     runlog.log("device_info", device=str(dev), precision=precision, compile=compile_mode)
