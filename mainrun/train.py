@@ -107,11 +107,19 @@ def resolve_precision(cfg: RunConfig, device: torch.device) -> str:
     return cfg.precision
 
 
-def resolve_compile(cfg: RunConfig, device: torch.device) -> str:
+def resolve_compile(cfg: RunConfig, device: torch.device, say: Callable[[str], None] = lambda _msg: None) -> str:
+    """auto: regional on CUDA where Triton can build its launchers, else none (saying why there).
+    An explicit mode that cannot run on this CUDA machine is refused before the run starts."""
     # On an H100, regional compilation won in a 3-worker search even though every new shape
     # compiled from a cold cache (README, Measured); on CPU it is untimed and costs a C compiler.
+    blocker = cuda_compile_blocker() if device.type == "cuda" and cfg.compile != "none" else None
     if cfg.compile == "auto":
-        return "regional" if device.type == "cuda" and cuda_compile_blocker() is None else "none"
+        if blocker:
+            say(f"compile: auto runs uncompiled here: {blocker}")
+        return "regional" if device.type == "cuda" and blocker is None else "none"
+    if blocker:
+        raise DeviceError(f"compile: {cfg.compile} cannot run here: {blocker}. Set compile: none (or auto), "
+                          "or install what is missing")
     return cfg.compile
 
 
@@ -489,13 +497,7 @@ def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
 
 def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResult:
     runlog.log("hyperparameters_configured", **cfg.to_dict())
-    compile_mode = resolve_compile(cfg, dev)
-    if dev.type == "cuda" and (blocker := cuda_compile_blocker()):
-        if compile_mode != "none":
-            raise DeviceError(f"compile: {compile_mode} cannot run here: {blocker}. Set compile: none (or auto), "
-                              "or install what is missing")
-        if cfg.compile == "auto":
-            say(f"compile: auto runs uncompiled here: {blocker}")
+    compile_mode = resolve_compile(cfg, dev, say)
     runlog.log("device_info", device=str(dev), precision=precision, compile=compile_mode)
     train_ids = torch.as_tensor(data.train_ids, dtype=torch.long, device=dev)
     val_ids = torch.as_tensor(data.val_ids, dtype=torch.long, device=dev)

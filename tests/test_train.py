@@ -735,8 +735,12 @@ def test_compile_auto_runs_uncompiled_on_a_machine_without_a_c_compiler(tmp_path
     monkeypatch.delenv("CC", raising=False)
     monkeypatch.setenv("PATH", str(tmp_path))                   # an empty folder: no gcc, no clang
     assert "no C compiler ($CC, gcc or clang)" in train_mod.cuda_compile_blocker()
-    assert resolve_compile(RunConfig(), torch.device("cuda")) == "none"
-    assert resolve_compile(RunConfig(compile="regional"), torch.device("cuda")) == "regional"   # train() refuses it
+    said: list[str] = []
+    assert resolve_compile(RunConfig(), torch.device("cuda"), said.append) == "none"
+    assert said == [f"compile: auto runs uncompiled here: {train_mod.cuda_compile_blocker()}"]
+    with pytest.raises(train_mod.DeviceError, match="compile: regional cannot run here: no C compiler"):
+        resolve_compile(RunConfig(compile="regional"), torch.device("cuda"))
+    assert resolve_compile(RunConfig(compile="none"), torch.device("cuda")) == "none"
     monkeypatch.setenv("CC", "/usr/bin/cc")                    # what Triton takes first
     assert train_mod.cuda_compile_blocker() is None
     assert resolve_compile(RunConfig(), torch.device("cuda")) == "regional"
