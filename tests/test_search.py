@@ -283,18 +283,25 @@ def test_two_searches_started_at_once_on_a_new_study(tmp_path, titles_file, same
         assert len({t.user_attrs["config"]["dataset"] for t in trials}) == 1
 
 
+def _open_study_inputs(tmp_path, titles_file):
+    """What open_study takes for the smoke space: the space, its base config, the prepared data
+    and a fresh SQLite storage."""
+    from mainrun.data import prepare_data
+    from mainrun.search import StorageSettings, open_storage
+    from mainrun.space import load_space
+    smoke = load_space(str(SMOKE))
+    base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
+    data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
+    return smoke, base, data, open_storage(StorageSettings(f"sqlite:///{tmp_path / 'c.db'}"))
+
+
 def test_a_study_interrupted_while_being_created_is_removed_so_the_command_reruns(tmp_path, titles_file,
                                                                                   monkeypatch):
     """Ctrl-C after create_study but before the identity is written left a study that the same
     command then waited for and refused ("never completed"). The creator removes it instead."""
     import mainrun.search
-    from mainrun.data import prepare_data
-    from mainrun.search import StorageSettings, open_storage, open_study
-    from mainrun.space import load_space
-    smoke = load_space(str(SMOKE))
-    base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
-    data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
-    storage = open_storage(StorageSettings(f"sqlite:///{tmp_path / 'c.db'}"))
+    from mainrun.search import open_study
+    smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
 
     def interrupted(*_args):                  # where a Ctrl-C can land: after the trials are enqueued
         raise KeyboardInterrupt
@@ -314,13 +321,8 @@ def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tm
     """The clean-up runs against the same database that may have failed; its own error must not
     replace the one that stopped the creation, and the study left behind is named."""
     import mainrun.search
-    from mainrun.data import prepare_data
-    from mainrun.search import StorageSettings, open_storage, open_study
-    from mainrun.space import load_space
-    smoke = load_space(str(SMOKE))
-    base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
-    data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
-    storage = open_storage(StorageSettings(f"sqlite:///{tmp_path / 'c.db'}"))
+    from mainrun.search import open_study
+    smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
 
     def interrupted(*_args):
         raise KeyboardInterrupt
@@ -437,6 +439,24 @@ def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, ti
     assert "FAILED (CUDA out of memory" in capsys.readouterr().out
 
 
+def _assert_a_sigterm_in_train_stops_the_search(tmp_path, titles_file, monkeypatch, capsys, train_with_sigterm):
+    """A one-worker search whose train() raises SIGTERM: the trial is recorded as interrupted,
+    the worker and the search each say so, and the search exits 143."""
+    import mainrun.train
+    from mainrun.search import SearchOptions, StorageSettings, run_search
+    monkeypatch.setattr(mainrun.train, "train", train_with_sigterm)
+    monkeypatch.chdir(tmp_path)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="s",
+                                    storage=StorageSettings(url)))
+    assert code == 143
+    trials = optuna.load_study(study_name="s", storage=url).trials
+    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
+    out = capsys.readouterr().out
+    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in out
+    assert "search: interrupted (SIGTERM); the same command resumes the study" in out
+
+
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titles_file, monkeypatch, capsys):
     """A SIGTERM whose KeyboardInterrupt lands in a garbage-collector callback is dropped by
@@ -446,7 +466,6 @@ def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titl
     import weakref
 
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search
     real_train = mainrun.train.train
 
     def train_after_a_dropped_sigterm(cfg, *args, **kwargs):
@@ -458,17 +477,8 @@ def test_a_signal_dropped_in_a_gc_callback_still_stops_the_worker(tmp_path, titl
         assert ref() is None
         return real_train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(mainrun.train, "train", train_after_a_dropped_sigterm)
-    monkeypatch.chdir(tmp_path)
-    url = f"sqlite:///{tmp_path / 'g.db'}"
-    code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="g",
-                                    storage=StorageSettings(url)))
-    assert code == 143
-    trials = optuna.load_study(study_name="g", storage=url).trials
-    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
-    out = capsys.readouterr().out
-    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in out
-    assert "search: interrupted (SIGTERM); the same command resumes the study" in out
+    _assert_a_sigterm_in_train_stops_the_search(tmp_path, titles_file, monkeypatch, capsys,
+                                                train_after_a_dropped_sigterm)
 
 
 def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(tmp_path, titles_file,
@@ -480,7 +490,6 @@ def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(t
     import signal
 
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search
     real_train = mainrun.train.train
 
     def train_after_a_wrapped_sigterm(cfg, *args, **kwargs):
@@ -492,17 +501,8 @@ def test_a_signal_that_other_code_wraps_in_its_own_error_is_still_an_interrupt(t
             field = Field()
         return real_train(cfg, *args, **kwargs)
 
-    monkeypatch.setattr(mainrun.train, "train", train_after_a_wrapped_sigterm)
-    monkeypatch.chdir(tmp_path)
-    url = f"sqlite:///{tmp_path / 'w.db'}"
-    code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="w",
-                                    storage=StorageSettings(url)))
-    assert code == 143
-    trials = optuna.load_study(study_name="w", storage=url).trials
-    assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
-    out = capsys.readouterr().out
-    assert "[w0] interrupted (SIGTERM); trial 0 is recorded as failed" in out
-    assert "search: interrupted (SIGTERM); the same command resumes the study" in out
+    _assert_a_sigterm_in_train_stops_the_search(tmp_path, titles_file, monkeypatch, capsys,
+                                                train_after_a_wrapped_sigterm)
 
 
 def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_path, titles_file, monkeypatch,
