@@ -9,6 +9,15 @@ import pytest
 from helpers import TINY, make_titles
 
 
+def pytest_report_header(config):
+    """Which torch and which CPU kernels ran: numeric results differ by a few ulps between the
+    default, AVX2 and AVX-512 kernel sets (ATEN_CPU_CAPABILITY forces one)."""
+    import torch
+    forced = os.environ.get("ATEN_CPU_CAPABILITY")
+    return (f"torch {torch.__version__}, CPU capability {torch.backends.cpu.get_cpu_capability()}"
+            + (f" (forced by ATEN_CPU_CAPABILITY={forced})" if forced else ""))
+
+
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test gets its own tokenizer cache and HF datasets cache; nothing touches the network."""

@@ -137,7 +137,10 @@ def test_attention_is_causal(name):
             changed = idx.clone()
             changed[:, t] = (changed[:, t] + 1) % VOCAB
             after, _ = model(changed)
-            torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=1e-6)
+            # Earlier rows see identical inputs through the same kernels: anything beyond a few
+            # ulps of the logits' scale is a leak (measured: 0 under every CPU kernel set).
+            few_ulps = 4 * torch.finfo(torch.float32).eps * before.abs().max().item()
+            torch.testing.assert_close(after[:, :t], before[:, :t], rtol=0, atol=few_ulps)
             # and the changed position itself does see the change
             assert (after[:, t] - before[:, t]).abs().max() > 1e-4
 
@@ -163,8 +166,10 @@ def test_shorter_sequences_and_summed_loss():
         _, total = model(idx, targets, reduction="sum")
         manual = torch.nn.functional.cross_entropy(logits.view(-1, VOCAB), targets.view(-1), reduction="sum")
     assert logits.shape == (2, 10, VOCAB)
-    assert total.item() == pytest.approx(mean.item() * 20, rel=1e-5)
-    assert total.item() == pytest.approx(manual.item(), rel=1e-6)
+    # a sum and a mean of 20 fp32 terms, reduced in whatever order the kernels choose: at most
+    # 20 roundings apart
+    assert total.item() == pytest.approx(mean.item() * 20, rel=20 * torch.finfo(torch.float32).eps)
+    assert total.item() == manual.item()               # the same kernel on the same logits
 
 
 def test_scaled_residual_init():

@@ -106,6 +106,12 @@ def test_steps_per_epoch():
 
 
 # ---------------------------------------------------------------------- evaluate()
+# evaluate() sums each scoring chunk's token losses in fp32 (at most 4 x 32 = 128 terms here) and
+# the chunks in fp64; a reordered fp32 sum of n positive terms is within n roundings of the exact
+# one. A scoring mistake (a token dropped, a window missed) moves the value by 1/640 or more.
+SCORING_RTOL = 4 * 32 * torch.finfo(torch.float32).eps
+
+
 def reference_loss(model, val_ids, rows, width, val_chars, chunk=None):
     """Written out independently: windows of rows*width+1 ids, stepping by the window,
     summed token cross-entropy (in float64), divided by the characters."""
@@ -145,7 +151,7 @@ def test_evaluate_matches_an_independent_computation(val_ids):
     got = evaluate(model, val_ids, cfg, val_chars=12345)
     want, windows = reference_loss(model, val_ids, 4, 32, 12345)
     assert windows == 5
-    assert got == pytest.approx(want, rel=1e-6)
+    assert got == pytest.approx(want, rel=SCORING_RTOL)
 
 
 def test_evaluate_of_a_uniform_model_is_ln_vocab_per_token(val_ids):
@@ -154,7 +160,7 @@ def test_evaluate_of_a_uniform_model_is_ln_vocab_per_token(val_ids):
     with torch.no_grad():
         model.head.weight.zero_()                      # all logits 0: every token costs ln(V)
     got = evaluate(model, val_ids, cfg, val_chars=1000)
-    assert got == pytest.approx(5 * 4 * 32 * math.log(V) / 1000, rel=1e-6)
+    assert got == pytest.approx(5 * 4 * 32 * math.log(V) / 1000, rel=SCORING_RTOL)
 
 
 def test_evaluate_drops_the_remainder_and_reads_every_window(val_ids):
@@ -237,7 +243,7 @@ def test_a_shorter_context_model_scores_the_same_tokens(val_ids, block):
     for w, window in enumerate(b):
         assert torch.equal(window, val_ids[w * span + 1:(w + 1) * span].view(4, 32))
     want, _ = reference_loss(short.model, val_ids, 4, 32, 1000, chunk=block)
-    assert value == pytest.approx(want, rel=1e-6)
+    assert value == pytest.approx(want, rel=SCORING_RTOL)
 
 
 def test_short_validation_stream_is_a_scoring_error():
@@ -534,13 +540,30 @@ def test_cli_diverged_run_exits_1(tmp_path, titles_file, capsys):
     assert capsys.readouterr().out.strip().splitlines()[-1] == "val_loss=nan"
 
 
+# How much farther from the exact trajectory the fast step may end than the plain fp32 loop does.
+# Both are fp32 roundings of one computation, so their distances from the fp64 run are of the
+# same order (measured here: 0.96 to 1.34 under the default, AVX2 and AVX-512 kernels); a mistake in
+# the step (clipping skipped, lr one step late, weight decay or momentum dropped) puts the fast
+# run 10^2 to 10^5 times farther off than rounding does.
+ROUNDING_FACTOR = 4.0
+FP32_EPS = torch.finfo(torch.float32).eps
+
+
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
 def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
     """The fast path's step (static buffers, fused optimizer, lr in a device tensor, foreach
     clipping; on CUDA it is what gets captured) against a plain eager loop written out here:
-    non-fused optimizer with a float lr driven by LambdaLR, clipping over model.parameters()."""
+    non-fused optimizer with a float lr driven by LambdaLR, clipping over model.parameters().
+
+    The tolerance is what fp32 rounding does over these 20 steps, measured in the test itself:
+    the plain loop runs twice, in fp32 and in fp64 (the exact trajectory, to fp32's eyes). Each
+    tensor of the fast run must end no farther from the fp64 one than ROUNDING_FACTOR times the
+    plain fp32 run's distance, relative to how far the tensor moved. A fixed atol cannot work:
+    the attention's key bias has no true gradient (softmax ignores a shift of the scores), so
+    AdamW turns its rounding noise into lr-sized steps whose size depends on the CPU's kernels."""
     cfg = RunConfig.from_dict({**TINY, "dropout": 0.0, "optimizer": optimizer, "momentum": 0.9,
-                               "schedule": "warmup_cosine", "warmup_steps": 5, "lr": 3e-3})
+                               "schedule": "warmup_cosine", "warmup_steps": 5, "lr": 3e-3,
+                               "weight_decay": 0.1, "beta2": 0.95})
     _, data = tiny_data
     ids = torch.as_tensor(data.train_ids, dtype=torch.long)
     steps, tokens = 20, cfg.batch_size * cfg.block_size
@@ -552,8 +575,32 @@ def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
 
     torch.manual_seed(0)
     fast_model = GPT(cfg, data.vocab_size)
-    plain_model = GPT(cfg, data.vocab_size)
-    plain_model.load_state_dict(fast_model.state_dict())
+    start = {name: p.detach().double().clone() for name, p in fast_model.named_parameters()}
+
+    def plain_loop(dtype: torch.dtype) -> tuple[GPT, list[float]]:
+        model = GPT(cfg, data.vocab_size)
+        model.load_state_dict(fast_model.state_dict())
+        model.to(dtype)
+        if optimizer == "adamw":
+            opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                                    eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False)
+        else:
+            opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
+                                  weight_decay=cfg.weight_decay, foreach=False)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cfg, s, steps))
+        losses = []
+        for x, y in batches():
+            _, loss = model(x, y)
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+        return model, losses
+
+    plain_model, plain_losses = plain_loop(torch.float32)
+    exact_model, exact_losses = plain_loop(torch.float64)
 
     opt = train_mod.make_optimizer(cfg, fast_model, torch.device("cpu"))
     assert isinstance(opt.param_groups[0]["lr"], torch.Tensor)
@@ -563,26 +610,20 @@ def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
         train_mod.set_lr(opt, cfg.lr * lr_factor(cfg, i, steps))
         fast_losses.append(step(x, y).item())
 
-    if optimizer == "adamw":
-        plain_opt = torch.optim.AdamW(plain_model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                                      eps=cfg.eps, weight_decay=cfg.weight_decay, foreach=False)
-    else:
-        plain_opt = torch.optim.SGD(plain_model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay, foreach=False)
-    sched = torch.optim.lr_scheduler.LambdaLR(plain_opt, lambda s: lr_factor(cfg, s, steps))
-    plain_losses = []
-    for x, y in batches():
-        _, loss = plain_model(x, y)
-        plain_opt.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(plain_model.parameters(), cfg.grad_clip)
-        plain_opt.step()
-        sched.step()
-        plain_losses.append(loss.item())
+    def loss_error(losses: list[float]) -> float:
+        return max(abs(a - b) for a, b in zip(losses, exact_losses))
+    floor = 4 * FP32_EPS * max(exact_losses)
+    assert loss_error(fast_losses) <= ROUNDING_FACTOR * loss_error(plain_losses) + floor, \
+        (fast_losses, plain_losses, exact_losses)
 
-    assert fast_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
-    for a, b in zip(fast_model.parameters(), plain_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    for (name, fast), plain, exact in zip(fast_model.named_parameters(), plain_model.parameters(),
+                                          exact_model.parameters()):
+        moved = (exact - start[name]).norm()
+
+        def error(p: torch.Tensor) -> float:
+            return ((p.double() - exact).norm() / moved).item()
+        allowed = ROUNDING_FACTOR * error(plain) + 4 * FP32_EPS
+        assert error(fast) <= allowed, f"{name}: {error(fast):.2e} from the fp64 run, rounding allows {allowed:.2e}"
 
 
 def test_wsd_schedule_warms_up_holds_then_decays():
@@ -762,7 +803,9 @@ def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_
     compiled = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=said.append)
     assert "setup before step 1: torch.compile (regional); slowest the first time" in said[-len(compiled.curve) - 1]
     assert [s for s, _ in compiled.curve] == [s for s, _ in eager.curve]
-    assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=1e-3)
+    # Inductor reorders sums; over this one-epoch run that moves the curve by at most what a
+    # reordered scoring sum can (measured: 3e-8 relative under the default, AVX2 and AVX-512 kernels)
+    assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=SCORING_RTOL)
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
     assert counters["inductor"]["fxgraph_cache_miss"] > 0 and any((tmp_path / "inductor").iterdir())
     counters.clear()                                    # train() starts a fresh compile state, as a new process
