@@ -468,3 +468,30 @@ def test_the_checked_in_best_card_loads_and_keeps_the_mainrun_rules():
     assert cfg.comparable and cfg.changed_fixed_fields() == {} and cfg.official
     assert list(load_yaml_file(card)) == list(cfg.to_dict())             # every field, in today's names
     assert (cfg.d_model, cfg.n_layer, cfg.pos_emb, cfg.mlp) == (1024, 7, "rope", "swiglu")
+
+
+def test_a_trial_stored_with_scaled_residual_init_still_exports_and_trains_the_same_init(tmp_path, capsys):
+    """A study keeps each trial's whole config as a dict in the keys of its day; mainrun-export
+    rebuilds a RunConfig from it. One stored before init/residual_init/grad_accum_steps/train_seed
+    existed exports to today's keys, with the same meaning and the same weights."""
+    import optuna
+    import torch
+
+    from mainrun.cli import export_main
+    from mainrun.model import GPT
+    old = {k: v for k, v in RunConfig.from_dict(TINY).to_dict().items()
+           if k not in ("train_seed", "init", "residual_init", "grad_accum_steps")}
+    old["scaled_residual_init"] = True
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.create_study(study_name="old", storage=storage)
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"config": old}))
+    assert export_main(["--study", "old", "--storage", storage, "--out", str(tmp_path / "best.yaml")]) == 0
+    assert "exported trial 0" in capsys.readouterr().out
+    exported = RunConfig.from_yaml(tmp_path / "best.yaml")
+    assert exported == RunConfig.from_dict({**TINY, "residual_init": "scaled"})
+    assert "scaled_residual_init" not in (tmp_path / "best.yaml").read_text()
+    torch.manual_seed(0)
+    then = GPT(RunConfig.from_dict(old), 300).state_dict()
+    torch.manual_seed(0)
+    now = GPT(exported, 300).state_dict()
+    assert all(torch.equal(then[k], now[k]) for k in then)
