@@ -661,8 +661,15 @@ def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
         plain_losses.append(loss.item())
 
     assert fast_losses == pytest.approx(plain_losses, rel=1e-4, abs=1e-5)
-    for a, b in zip(fast_model.parameters(), plain_model.parameters()):
-        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5)
+    for (name, a), b in zip(fast_model.named_parameters(), plain_model.parameters()):
+        if name.endswith("attn.qkv.bias"):
+            # The key bias adds the same q.b_k to every logit of a query's row, which softmax
+            # ignores: its gradient is 0 in exact arithmetic and rounding noise here, and AdamW
+            # turns noise into steps of up to ~lr either way (on AVX-512 kernels one element ends
+            # 1e-5 apart). Its query and value parts carry the comparison.
+            d = cfg.d_model
+            a, b = torch.cat([a[:d], a[2 * d:]]), torch.cat([b[:d], b[2 * d:]])
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-5, msg=lambda m: f"{name}: {m}")
 
 
 # ---------------------------------------------------------------------- gradient accumulation
