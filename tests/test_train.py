@@ -426,13 +426,9 @@ def test_nan_training_loss_stops_the_run(tiny_data, monkeypatch):
     assert [s for s, _ in result.curve] == [s for s in planned if s < 5]   # no evaluation of a NaN model
 
 
-def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
-    """The lr of update k (0-based) is cfg.lr * lr_factor(cfg, k, max_steps): LambdaLR semantics."""
-    cfg, data = tiny_data
-    cfg = cfg.replace(schedule="warmup_cosine", warmup_steps=5, min_lr_frac=0.1, batch_size=32, epochs=3,
-                      evals_per_epoch=1)
-    used = []
-    real = train_mod.make_optimizer
+def train_recording_the_lr_of_each_update(cfg, data, monkeypatch):
+    """A run, and the lr the optimizer held at each of its updates."""
+    used, real = [], train_mod.make_optimizer
 
     def recording(*args, **kwargs):
         opt = real(*args, **kwargs)
@@ -440,7 +436,15 @@ def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
         return opt
 
     monkeypatch.setattr(train_mod, "make_optimizer", recording)
-    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    return train(cfg, data, device="cpu", progress=False, echo=None), used
+
+
+def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
+    """The lr of update k (0-based) is cfg.lr * lr_factor(cfg, k, max_steps): LambdaLR semantics."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(schedule="warmup_cosine", warmup_steps=5, min_lr_frac=0.1, batch_size=32, epochs=3,
+                      evals_per_epoch=1)
+    result, used = train_recording_the_lr_of_each_update(cfg, data, monkeypatch)
     assert len(used) == result.max_steps == 3 * steps_per_epoch(cfg, len(data.train_ids))
     assert used == pytest.approx([cfg.lr * lr_factor(cfg, s, result.max_steps) for s in range(result.max_steps)])
 
@@ -745,15 +749,7 @@ def test_the_schedule_counts_updates_and_a_shorter_last_group_is_applied(tiny_da
     (before the final evaluation), each at cfg.lr * lr_factor(update, 11)."""
     cfg, data = tiny_data
     cfg = cfg.replace(schedule="linear", warmup_steps=2, epochs=1, grad_accum_steps=3)
-    used, real = [], train_mod.make_optimizer
-
-    def recording(*args, **kwargs):
-        opt = real(*args, **kwargs)
-        opt.register_step_pre_hook(lambda o, _args, _kwargs: used.append(float(o.param_groups[0]["lr"])))
-        return opt
-
-    monkeypatch.setattr(train_mod, "make_optimizer", recording)
-    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    result, used = train_recording_the_lr_of_each_update(cfg, data, monkeypatch)
     assert result.max_steps == 32 and result.optimizer_steps == 11
     assert used == pytest.approx([cfg.lr * lr_factor(cfg, u, 11) for u in range(11)])
     assert [s for s, _ in result.lr_curve] == [s for s, _ in result.train_curve]
