@@ -617,8 +617,9 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
     ptr, step, flushed, eval_index = 0, 0, 0, 0
     last_read, eval_seconds = t0, 0.0                 # for the throughput between reads
 
-    def lr_at(step: int) -> float:
-        return cfg.lr * lr_factor(cfg, update_of(cfg, step), updates)
+    def lr_at(at_step: int) -> float:
+        """The lr of the update that `at_step` contributes to."""
+        return cfg.lr * lr_factor(cfg, update_of(cfg, at_step), updates)
 
     def flush() -> None:
         """Read the loss buffer once: log the steps since the last read, add a point to the
