@@ -72,17 +72,31 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", default="logs/mainrun.log", help="JSONL event log (default: %(default)s)")
     parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also write TensorBoard event files (train/loss, val/loss, lr, tokens/s) into a new "
+                             "run folder under DIR; needs the tensorboard extra")
     args = parser.parse_args(argv)
 
     from .data import DataError, prepare_data
+    from .tensorboard import TensorBoardError, TensorBoardWriter, new_run_dir, summary_writer_class
     from .train import DeviceError, ScoringError, resolve_device, train
 
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
         device = resolve_device(args.device)                  # before the data work, not after it
+        if args.tensorboard:
+            summary_writer_class()                            # a missing package exits 2 here, not after the run
+            tb_dir = new_run_dir(args.tensorboard)
+            print(f"tensorboard: {tb_dir} (view: tensorboard --logdir {args.tensorboard})")
         data = prepare_data(cfg, args.cache_dir)
-        result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress)
-    except (ConfigError, DataError, ScoringError, DeviceError) as e:
+        observers = [TensorBoardWriter(tb_dir, cfg)] if args.tensorboard else []
+        try:
+            result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress,
+                           observers=observers)
+        finally:
+            for observer in observers:
+                observer.close()
+    except (ConfigError, DataError, ScoringError, DeviceError, TensorBoardError) as e:
         _fail(str(e))
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
@@ -90,6 +104,9 @@ def train_main(argv: list[str] | None = None) -> int:
           f"device {result.device} ({result.precision}){peak}, log {Path(args.log)}")
     if not cfg.comparable:
         print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")
+    if cfg.effective_train_seed != cfg.seed:
+        print(f"NOTE: train_seed {cfg.train_seed} is not seed {cfg.seed}: a robustness run. It scores the same "
+              f"validation tokens as the official run (train seed {cfg.seed}), but its value is not that number.")
     print(f"val_loss={result.val_loss:.6f}")
     return 0 if result.diverged is None else 1
 

@@ -28,7 +28,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "norm": ("layernorm", "rmsnorm"),
     "pos_emb": ("learned", "rope"),
     "optimizer": ("sgd", "adamw", "muon"),
-    "schedule": ("cosine", "warmup_cosine", "linear", "wsd"),
+    "schedule": ("cosine", "warmup_cosine", "linear", "wsd", "constant"),
+    "init": ("normal", "kaiming"),
+    "residual_init": ("same", "scaled", "zero"),
     "precision": ("auto", "bf16", "fp32"),
     "compile": ("auto", "none", "regional", "model"),
 }
@@ -57,7 +59,9 @@ class RunConfig:
     dataset: str = HUB_DATASET          # hub id, or a local .txt/.jsonl/.csv/.parquet file or save_to_disk folder
     num_titles: int = 100_000
     val_frac: float = 0.10
-    seed: int = 1337
+    seed: int = 1337                    # the data split and tokenizer; and the training, unless train_seed is set
+    train_seed: int | None = None       # every random draw of training (init, dropout); null: seed. Another value
+                                        # is a robustness run: scored on the same tokens, not the official number
     vocab_size: int = 16_000
     # --- model ---
     block_size: int = 128
@@ -72,9 +76,13 @@ class RunConfig:
     qk_norm: bool = False
     tie_embeddings: bool = True
     bias: bool = True
-    scaled_residual_init: bool = False  # residual projections start at std 0.02 / sqrt(2 n_layer) (GPT-2)
+    init: str = "normal"                # Linear and embedding weights: normal N(0, 0.02) (the baseline), or kaiming:
+                                        # the blocks' Linear weights N(0, 2 / fan_in) (He), the rest N(0, 0.02)
+    residual_init: str = "same"         # the blocks' output projections (attention proj, MLP down): same as init;
+                                        # scaled: init's std / sqrt(2 n_layer) (GPT-2); zero (modded-nanogpt)
     # --- optimisation ---
-    batch_size: int = 64
+    batch_size: int = 64                # sequences per micro-batch (per forward/backward)
+    grad_accum_steps: int = 1           # micro-batches per optimizer update (see train.py, "Steps")
     epochs: int = 7
     optimizer: str = "sgd"              # muon: Muon on the blocks' matrices, AdamW on the rest, one lr
     lr: float = 6e-3
@@ -86,13 +94,14 @@ class RunConfig:
     beta1: float = 0.9                  # adamw, and muon's AdamW part
     beta2: float = 0.999                # adamw, and muon's AdamW part
     eps: float = 1e-8                   # adamw, and muon's AdamW part
-    schedule: str = "cosine"            # cosine: the baseline's CosineAnnealingLR over all steps
-    warmup_steps: int = 0               # warmup_cosine / linear / wsd
+    schedule: str = "cosine"            # cosine: the baseline's CosineAnnealingLR over all updates;
+                                        # constant: lr throughout (after warmup_steps, if any)
+    warmup_steps: int = 0               # warmup_cosine / linear / wsd / constant; counts optimizer updates
     min_lr_frac: float = 0.0            # warmup_cosine / linear / wsd: final lr = lr * min_lr_frac
     decay_frac: float = 0.2             # wsd: the last fraction of the steps decays linearly
     grad_clip: float = 1.0              # 0 disables clipping
     precision: str = "auto"             # auto: bf16 autocast on CUDA, fp32 elsewhere
-    cuda_graph: bool = True             # CUDA + AdamW: capture the whole training step once and replay it
+    cuda_graph: bool = True             # CUDA + AdamW, grad_accum_steps 1: capture the whole step once, replay it
     compile: str = "auto"               # torch.compile: regional (each block, compiled once, and the loss) or model;
                                         # auto: regional on CUDA (it pays off, cold cache included), none elsewhere
     # --- evaluation (Mainrun-fixed scoring geometry) ---
@@ -122,6 +131,9 @@ class RunConfig:
             _check(self.schedule != "cosine" or getattr(self, name) == 0, name,
                    f"schedule 'cosine' (the baseline's, down to 0 with no warmup) ignores it; got "
                    f"{getattr(self, name)!r}; use schedule warmup_cosine, linear or wsd")
+        _check(self.schedule != "constant" or self.min_lr_frac == 0, "min_lr_frac",
+               f"schedule 'constant' never decays, so it ignores it; got {self.min_lr_frac!r}; "
+               "use schedule warmup_cosine, linear or wsd")
         if self.mainrun_rules:
             baseline = RunConfig.__dataclass_fields__
             for name in MAINRUN_FIXED:
@@ -142,6 +154,17 @@ class RunConfig:
         baseline = RunConfig.__dataclass_fields__
         return all(getattr(self, n) == baseline[n].default for n in MAINRUN_FIXED)
 
+    @property
+    def effective_train_seed(self) -> int:
+        """The seed of every random draw of training: train_seed, or seed when it is None."""
+        return self.seed if self.train_seed is None else self.train_seed
+
+    @property
+    def official(self) -> bool:
+        """Comparable and trained on the data seed: the run's value is the Mainrun number. A
+        comparable run on another train seed is a robustness run (same scoring, other draws)."""
+        return self.comparable and self.effective_train_seed == self.seed
+
     def changed_fixed_fields(self) -> dict[str, Any]:
         baseline = RunConfig.__dataclass_fields__
         return {n: getattr(self, n) for n in MAINRUN_FIXED if getattr(self, n) != baseline[n].default}
@@ -155,6 +178,7 @@ class RunConfig:
         """Build a config from a mapping; missing keys come from `base` (default: the baseline)."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: the top level must be a mapping of config keys; got {type(data).__name__}")
+        data = migrate_legacy_keys(data, source)
         known = {f.name for f in fields(cls)}
         for key in data:
             if key not in known:
@@ -183,13 +207,41 @@ class RunConfig:
         return text
 
 
+# Keys that older mainrun versions wrote (a study stores every trial's full config, and
+# mainrun-export rebuilds a RunConfig from it): each maps its value onto today's fields.
+LEGACY_KEYS: dict[str, tuple[type, Any]] = {
+    # scaled_residual_init (bool) became residual_init: scaled / same
+    "scaled_residual_init": (bool, lambda v: {"residual_init": "scaled" if v else "same"}),
+}
+
+
+def migrate_legacy_keys(data: dict[str, Any], source: str = "config") -> dict[str, Any]:
+    """`data` with its legacy keys replaced by today's. A legacy key that disagrees with its
+    replacement, given in the same mapping, is refused."""
+    if not any(key in LEGACY_KEYS for key in data):
+        return data
+    data = dict(data)
+    for old, (kind, translate) in LEGACY_KEYS.items():
+        if old not in data:
+            continue
+        value = data.pop(old)
+        if not isinstance(value, kind) or (kind is not bool and isinstance(value, bool)):
+            raise ConfigError(f"{source}: key '{old}': expected {kind.__name__}; got {value!r}")
+        for new, new_value in translate(value).items():
+            if new in data and data[new] != new_value:
+                raise ConfigError(f"{source}: key '{old}': {old}: {value!r} means {new}: {new_value}, but "
+                                  f"{new}: {data[new]!r} is also given; keep only {new}")
+            data.setdefault(new, new_value)
+    return data
+
+
 def _check(ok: bool, key: str, message: str) -> None:
     if not ok:
         raise ConfigError(f"key '{key}': {message}")
 
 
 _POSITIVE = ("num_titles", "vocab_size", "block_size", "n_layer", "n_head", "d_model",
-             "batch_size", "epochs", "evals_per_epoch", "eval_batch_size", "eval_block_size")
+             "batch_size", "grad_accum_steps", "epochs", "evals_per_epoch", "eval_batch_size", "eval_block_size")
 # Rules about one field alone: (test, what the value must be).
 _FIELD_RULES: dict[str, tuple[Any, str]] = {
     **{name: (lambda v: v > 0, "a positive integer") for name in _POSITIVE},
@@ -211,6 +263,7 @@ _FIELD_RULES: dict[str, tuple[Any, str]] = {
     "dataset": (lambda v: bool(v.strip()), "a hub id or a path, not empty"),
     # datasets' shuffle wants it >= 0, torch.manual_seed below 2**64
     "seed": (lambda v: 0 <= v < 2**63, "an integer in [0, 2**63)"),
+    "train_seed": (lambda v: v is None or 0 <= v < 2**63, "null (the same as seed) or an integer in [0, 2**63)"),
 }
 
 
@@ -244,6 +297,11 @@ def is_number(value: Any) -> bool:
 def _coerce(name: str, value: Any, kind: Any) -> Any:
     """Check `value` against the field type. Ints become floats for float fields, and a
     numeric string such as '6e-3' is accepted for a float (YAML 1.1 reads it as a string)."""
+    optional = typing.get_args(kind)
+    if optional:                                    # `int | None`: null, or a value of the type
+        if value is None:
+            return None
+        kind = next(k for k in optional if k is not type(None))
     if kind is bool:
         if isinstance(value, bool):
             return value
@@ -272,7 +330,8 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
     elif kind is str:
         if isinstance(value, str):
             return value
-    raise ConfigError(f"key '{name}': expected {kind.__name__}; got {value!r} ({type(value).__name__})")
+    expected = kind.__name__ + (" or null" if optional else "")
+    raise ConfigError(f"key '{name}': expected {expected}; got {value!r} ({type(value).__name__})")
 
 
 # ---------------------------------------------------------------------- safe YAML

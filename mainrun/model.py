@@ -119,20 +119,28 @@ class GPT(nn.Module):
         self.ln_f = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)
         self.loss = TokenLoss()
-        self.apply(self._init_weights)
-        if cfg.scaled_residual_init:          # GPT-2: keep the residual stream's variance flat in depth
-            for block in self.blocks:
-                for proj in (block.attn.proj, block.mlp.down):
-                    nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+        self._init_weights(cfg)
         if cfg.tie_embeddings:
             self.head.weight = self.token_emb.weight
 
-    @staticmethod
-    def _init_weights(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
-            if isinstance(module, nn.Linear) and module.bias is not None:
-                nn.init.zeros_(module.bias)
+    def _init_weights(self, cfg: RunConfig) -> None:
+        """init: every Linear and Embedding weight N(0, 0.02), biases zero (the baseline); with
+        kaiming the blocks' Linear weights are N(0, 2 / fan_in) instead (He; the embeddings and
+        the head keep 0.02, which keeps the first loss near ln(vocab)). residual_init then redraws
+        the blocks' output projections, in the same order as before it had a name, so that an
+        old `scaled_residual_init: true` config gets the very same weights."""
+        in_blocks = {id(m) for m in self.blocks.modules()}
+        for module in self.modules():
+            if isinstance(module, (nn.Linear, nn.Embedding)):
+                nn.init.normal_(module.weight, mean=0.0, std=_init_std(cfg, module, id(module) in in_blocks))
+                if isinstance(module, nn.Linear) and module.bias is not None:
+                    nn.init.zeros_(module.bias)
+        for block in self.blocks:
+            for proj in (block.attn.proj, block.mlp.down):
+                if cfg.residual_init == "scaled":    # GPT-2: keep the residual stream's variance flat in depth
+                    nn.init.normal_(proj.weight, mean=0.0, std=_init_std(cfg, proj, True) / math.sqrt(2 * cfg.n_layer))
+                elif cfg.residual_init == "zero":    # every block starts as the identity (modded-nanogpt)
+                    nn.init.zeros_(proj.weight)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
                 reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -150,3 +158,9 @@ class GPT(nn.Module):
 
     def num_params(self) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _init_std(cfg: RunConfig, module: nn.Module, in_block: bool) -> float:
+    if cfg.init == "kaiming" and in_block and isinstance(module, nn.Linear):
+        return math.sqrt(2.0 / module.in_features)     # torch's kaiming_normal_(nonlinearity="relu"), fan_in
+    return 0.02

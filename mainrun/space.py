@@ -36,13 +36,17 @@ from typing import Any
 
 import optuna
 
-from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, is_int, is_number, load_yaml_file
+from .config import (LEGACY_KEYS, MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, is_int, is_number,
+                     load_yaml_file, migrate_legacy_keys)
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
 # Read only by the data preparation, which runs once per study from the base config (tokenizer
 # and id streams): a per-trial value would change the recorded config and not the data.
 DATA_FIELDS = ("dataset", "num_titles", "val_frac", "seed", "vocab_size")
-NOT_SEARCHABLE = set(MAINRUN_FIXED) | set(DATA_FIELDS) | {"mainrun_rules"}
+# A sampled seed is noise the sampler would try to fit: every trial trains on the same seed, and
+# other seeds are for confirming a config (mainrun-train --set train_seed=N), not for searching.
+SEEDS = ("train_seed",)
+NOT_SEARCHABLE = set(MAINRUN_FIXED) | set(DATA_FIELDS) | set(SEEDS) | {"mainrun_rules"}
 COUPLED = ("d_model", "n_head", "head_dim")
 MAX_COUPLING_COMBOS = 200_000      # every value of the coupled params is checked, up to this many
 TOP_KEYS = {"description", "cpu_ok", "sampler", "pruner", "fixed", "params", "enqueue"}
@@ -296,6 +300,7 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
     if "dataset" in fixed:
         raise err("fixed.dataset", "the dataset is chosen on the command line (--dataset), not in a space")
     try:
+        fixed = migrate_legacy_keys(fixed, f"{source}: fixed")      # e.g. scaled_residual_init -> residual_init
         base = RunConfig.from_dict(fixed, source=f"{source}: fixed")
     except ConfigError as e:
         raise SpaceError(str(e)) from None
@@ -346,8 +351,15 @@ def _parse_param(name, spec, hints, config_fields, fixed, earlier, err) -> Param
     if name in DATA_FIELDS:
         rules = " (the Mainrun rules also fix it: that needs mainrun_rules: false)" if name in MAINRUN_FIXED else ""
         raise err(key, f"the data is prepared once per study; set {name} under fixed:{rules}")
+    if name in SEEDS:
+        raise err(key, "a sampled seed is noise, not a hyperparameter: every trial trains on the same seed. "
+                  "Set it under fixed: for a whole study, or train a config on other seeds with "
+                  "mainrun-train --set train_seed=N")
     if name in NOT_SEARCHABLE:
         raise err(key, "is fixed by the Mainrun rules and cannot be searched")
+    if name in LEGACY_KEYS:
+        raise err(key, f"'{name}' was replaced by {', '.join(LEGACY_KEYS[name][1](True))}; sample that instead "
+                  "(a study that sampled it can still be read and exported)")
     if name not in config_fields and name not in VIRTUAL:
         import difflib
         close = difflib.get_close_matches(name, sorted(config_fields | set(VIRTUAL)), n=1)

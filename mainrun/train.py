@@ -3,10 +3,21 @@
 `train(cfg, data)` runs one full training run and returns a `RunResult`. After each
 evaluation it hands (eval index, step, val loss) to an optional callback, which can stop
 the run by returning True: that is how the search prunes. At the last evaluation the run is
-already complete, so it is recorded as complete whatever the callback says.
+already complete, so it is recorded as complete whatever the callback says. Observers
+(`RunObserver`: a search objective, a TensorBoard writer) see the curves as they are made.
 
 The loop keeps the token ids on the device and never waits for the GPU inside a step:
 per-step losses go into a device buffer that is read (and logged) every few dozen steps.
+
+Steps. A step is one micro-batch: batch_size sequences read from the training stream, one
+forward and backward pass. With grad_accum_steps k the optimizer updates after every k-th step,
+and after the run's last step whatever group it ends, on the mean gradient of the group's steps
+(so k micro-batches of b sequences train like one batch of k*b): ceil(max_steps / k) updates.
+- Steps per epoch, max_steps, the evaluation cadence, the step numbers in the log and the
+  curves, and the pruner's evaluation indices count steps. An evaluation therefore happens at
+  the same position in the data whatever k; it scores the weights of the last complete update.
+- The schedule counts updates (warmup_steps too), as a scheduler stepped with the optimizer.
+With k = 1 (the default) a step is an update, as in Mainrun.
 """
 from __future__ import annotations
 
@@ -21,7 +32,7 @@ import sysconfig
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, TextIO
+from typing import Callable, Sequence, TextIO
 
 import torch
 from tqdm import tqdm
@@ -32,7 +43,7 @@ from .model import GPT
 
 # on_eval(eval_index, step, val_loss) -> True to stop the run early.
 EvalCallback = Callable[[int, int, float], "bool | None"]
-FLUSH_EVERY = 32   # steps between reads of the loss buffer (log lines and the NaN check)
+FLUSH_EVERY = 32   # steps between reads of the loss buffer (log lines, the train curve and the NaN check)
 
 
 class ScoringError(ValueError):
@@ -48,8 +59,13 @@ class DeviceError(ValueError):
 class RunResult:
     val_loss: float                                    # last evaluation's value (nan if it diverged)
     curve: list[tuple[int, float]] = field(default_factory=list)   # (step, val loss) per evaluation
+    # (step, mean training loss over the steps read) at each read of the loss buffer: every
+    # FLUSH_EVERY steps and at each evaluation; and the lr of that step's update, at the same steps
+    train_curve: list[tuple[int, float]] = field(default_factory=list)
+    lr_curve: list[tuple[int, float]] = field(default_factory=list)
     steps: int = 0
     max_steps: int = 0
+    optimizer_steps: int = 0                           # updates of the full run: max_steps / grad_accum_steps, up
     stopped_early: bool = False                        # the callback asked to stop
     diverged: str | None = None                        # why the run was stopped as NaN/inf
     n_params: int = 0
@@ -62,6 +78,19 @@ class RunResult:
     peak_memory_mb: float | None = None                # max_memory_allocated; measured on CUDA only
     device: str = "cpu"
     precision: str = "fp32"
+
+
+class RunObserver:
+    """What train() tells about a run as it goes: subclass and override what you need. Both
+    calls come from the training loop between steps, so keep them quick."""
+
+    def on_train(self, step: int, loss: float, lr: float, tokens_per_second: float) -> None:
+        """At each read of the loss buffer: the mean training loss over the steps read (NaN or
+        inf once a step diverged), the lr of `step`'s update, and the training throughput since
+        the previous read (evaluation time left out; the first read includes the setup)."""
+
+    def on_validation(self, index: int, step: int, loss: float) -> None:
+        """After each evaluation: its index (the pruner's step), the step, the validation loss."""
 
 
 class RunLog:
@@ -228,7 +257,8 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device)
     allocated: weights, grads and optimizer state; what autograd saves per token and layer;
     the logits and their fp32 loss; the scoring window's own pool. Deliberately on the high
     side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
-    it beside the measured peak."""
+    it beside the measured peak. Everything per token is per micro-batch (batch_size): gradient
+    accumulation keeps one micro-batch's activations at a time and adds no memory of its own."""
     n_params, hidden = model_shape(cfg, vocab_size)
     bf16 = resolve_precision(cfg, device) == "bf16"
     act = 2 if bf16 else 4                             # bytes per activation element
@@ -260,10 +290,10 @@ def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device)
 
 # Fields that cannot change a model's parameter shapes: configs differing only in these (and in
 # depth) share one meta-device build in model_shape (a search's dry run sizes thousands of corners).
-NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "dropout", "scaled_residual_init", "epochs", "optimizer",
-             "lr", "weight_decay", "decay_all", "momentum", "nesterov", "muon_momentum", "beta1", "beta2", "eps",
-             "schedule", "warmup_steps", "min_lr_frac", "decay_frac", "grad_clip", "precision", "cuda_graph",
-             "compile", "evals_per_epoch", "mainrun_rules")
+NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "train_seed", "dropout", "init", "residual_init",
+             "grad_accum_steps", "epochs", "optimizer", "lr", "weight_decay", "decay_all", "momentum", "nesterov",
+             "muon_momentum", "beta1", "beta2", "eps", "schedule", "warmup_steps", "min_lr_frac", "decay_frac",
+             "grad_clip", "precision", "cuda_graph", "compile", "evals_per_epoch", "mainrun_rules")
 
 
 def model_shape(cfg: RunConfig, vocab_size: int) -> tuple[int, int]:
@@ -294,8 +324,10 @@ def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
 
 
 def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:
-    """The multiplier of cfg.lr for the update at 0-based `step` (LambdaLR semantics).
-    cosine is the baseline's CosineAnnealingLR(T_max=max_steps), down to 0."""
+    """The multiplier of cfg.lr for the update at 0-based `step` of `max_steps` updates (LambdaLR
+    semantics; with gradient accumulation these count updates, not micro-batches: see Steps).
+    cosine is the baseline's CosineAnnealingLR(T_max=max_steps), down to 0; constant stays at
+    1 after its warmup."""
     if cfg.schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * step / max_steps))
     warmup = min(cfg.warmup_steps, max_steps - 1)
@@ -306,13 +338,27 @@ def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:
         shape = 0.5 * (1.0 + math.cos(math.pi * progress))
     elif cfg.schedule == "wsd":                 # warmup, stable at lr, then a linear decay
         shape = min(1.0, (1.0 - progress) / cfg.decay_frac)
+    elif cfg.schedule == "constant":            # min_lr_frac is 0 (validate() refuses another value)
+        shape = 1.0
     else:
         shape = 1.0 - progress
     return cfg.min_lr_frac + (1.0 - cfg.min_lr_frac) * shape
 
 
 def steps_per_epoch(cfg: RunConfig, n_train_ids: int) -> int:
+    """Micro-batches of batch_size x block_size per epoch (see Steps: the steps count these)."""
     return n_train_ids // (cfg.block_size * cfg.batch_size)
+
+
+def optimizer_steps(cfg: RunConfig, max_steps: int) -> int:
+    """The optimizer updates of a run of `max_steps` steps: one per grad_accum_steps steps, and
+    one for a shorter last group."""
+    return -(-max_steps // cfg.grad_accum_steps)
+
+
+def update_of(cfg: RunConfig, step: int) -> int:
+    """The 0-based optimizer update that 1-based `step` contributes to (the schedule's index)."""
+    return (step - 1) // cfg.grad_accum_steps
 
 
 def eval_steps(cfg: RunConfig, batches: int) -> list[int]:
@@ -412,13 +458,16 @@ def _warm_up(fn, iterations: int = 3) -> None:
 
 # ---------------------------------------------------------------------- one training step
 class TrainStep:
-    """One optimisation step on static batch buffers: forward, backward, grad clip, update.
+    """One step on static batch buffers: forward and backward of one micro-batch, and with
+    `update=True` the optimizer update on the mean gradient of the steps since the previous
+    update: grad clip, then the optimizer step. Without accumulation every call updates.
 
-    With `graph=True` (CUDA) the whole step is captured once in a CUDA graph and replayed:
-    one launch per step instead of several hundred, which is what bounds a model this size.
-    The optimizer is fused with its learning rate in a device tensor, so the captured update
-    reads the current value. The warm-up steps that capture needs run at lr 0 and the
-    optimizer state is zeroed afterwards, so the run is the same run as the eager one."""
+    With `graph=True` (CUDA, no accumulation) the whole step is captured once in a CUDA graph
+    and replayed: one launch per step instead of several hundred, which is what bounds a model
+    this size. The optimizer is fused with its learning rate in a device tensor, so the captured
+    update reads the current value. The warm-up steps that capture needs run at lr 0 and the
+    optimizer state is zeroed afterwards, so the run is the same run as the eager one.
+    Accumulation runs eagerly (see capture_verified)."""
 
     def __init__(self, model: GPT, opt: torch.optim.Optimizer, cfg: RunConfig, device: torch.device,
                  precision: str, graph: bool = False):
@@ -426,18 +475,30 @@ class TrainStep:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.x = torch.zeros(cfg.batch_size, cfg.block_size, dtype=torch.long, device=device)
         self.y = torch.zeros_like(self.x)
+        self.pending = 0                              # micro-batches whose gradients await an update
         self.graph: torch.cuda.CUDAGraph | None = None
         if graph:
             self._capture()
 
-    def _forward_backward_update(self) -> torch.Tensor:
+    def _forward_backward(self) -> torch.Tensor:
         with autocast(self.x.device, self.precision):
             _, loss = self.model(self.x, self.y)
-        loss.backward()
+        loss.backward()                               # adds to the gradients of the group's earlier steps
+        return loss.detach()
+
+    def _update(self, micro_batches: int) -> None:
+        if micro_batches > 1:                         # the sum of the micro-batches' mean gradients -> their mean
+            for p in self.params:
+                if p.grad is not None:
+                    p.grad.div_(micro_batches)
         if self.cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip, foreach=True)
         self.opt.step()
-        return loss.detach()
+
+    def _forward_backward_update(self) -> torch.Tensor:
+        loss = self._forward_backward()
+        self._update(1)
+        return loss
 
     def _capture(self) -> None:
         lr = [group["lr"].clone() for group in self.opt.param_groups]
@@ -459,44 +520,61 @@ class TrainStep:
         with torch.cuda.graph(self.graph):
             self.loss = self._forward_backward_update()
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, update: bool = True) -> torch.Tensor:
+        """The micro-batch's mean loss (a device tensor: reading it would wait for the GPU)."""
         self.x.copy_(x)
         self.y.copy_(y)
         if self.graph is not None:
+            assert update, "a captured step always updates"
             self.graph.replay()
             return self.loss
-        self.opt.zero_grad(set_to_none=True)
-        return self._forward_backward_update()
+        if self.pending == 0:
+            self.opt.zero_grad(set_to_none=True)
+        loss = self._forward_backward()
+        self.pending += 1
+        if update:
+            self._update(self.pending)
+            self.pending = 0
+        return loss
 
 
 def capture_verified(cfg: RunConfig) -> bool:
-    """Whether whole-step CUDA-graph capture has been verified on a GPU for this optimizer:
-    fused AdamW, and fused SGD without momentum (the baseline). SGD with momentum is not
-    verified yet and Muon's lr is a Python number that a graph would freeze: both run eagerly."""
-    return cfg.optimizer == "adamw" or (cfg.optimizer == "sgd" and cfg.momentum == 0)
+    """Whether whole-step CUDA-graph capture has been verified on a GPU for this config: fused
+    AdamW, and fused SGD without momentum (the baseline), each without gradient accumulation.
+    SGD with momentum is not verified yet and Muon's lr is a Python number that a graph would
+    freeze: both run eagerly. Accumulation runs eagerly too: its gradients must survive from
+    one replay to the next and its update be a graph of its own (or one graph per group size),
+    none of which has run on a GPU yet; eager accumulation is the code the CPU tests check, and
+    costs launch time only, never correctness."""
+    return (cfg.optimizer == "adamw" or (cfg.optimizer == "sgd" and cfg.momentum == 0)) and cfg.grad_accum_steps == 1
 
 
 # ---------------------------------------------------------------------- the loop
 def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
           on_eval: EvalCallback | None = None, log_path: str | Path | None = None,
-          progress: bool = True, echo: Callable[[str], None] | None = print) -> RunResult:
+          progress: bool = True, echo: Callable[[str], None] | None = print,
+          observers: Sequence[RunObserver] = ()) -> RunResult:
     dev = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(cfg, dev)
     say = echo or (lambda _msg: None)
     if not cfg.comparable:
         say("!" * 78 + f"\n! NOT COMPARABLE WITH MAINRUN: mainrun_rules is off and these fixed fields changed: "
             f"{cfg.changed_fixed_fields()}\n" + "!" * 78)
-    torch.manual_seed(cfg.seed)
-    random.seed(cfg.seed)
+    # Every random draw of the training comes from here: the init, dropout (eager, and compiled:
+    # inductor seeds its own stream from torch's generator), on the CPU and every GPU. The data
+    # split and the tokenizer were keyed by cfg.seed, so every train seed scores the same tokens.
+    torch.manual_seed(cfg.effective_train_seed)
+    random.seed(cfg.effective_train_seed)
     runlog = RunLog(log_path)
     try:
-        return _train(cfg, data, dev, precision, on_eval, runlog, progress, say)
+        return _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
     finally:
         runlog.close()
 
 
-def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResult:
-    runlog.log("hyperparameters_configured", **cfg.to_dict())
+def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers) -> RunResult:
+    runlog.log("hyperparameters_configured", **cfg.to_dict(), effective_train_seed=cfg.effective_train_seed,
+               robustness_run=cfg.effective_train_seed != cfg.seed)
     compile_mode = resolve_compile(cfg, dev, say)
     runlog.log("device_info", device=str(dev), precision=precision, compile=compile_mode)
     train_ids = torch.as_tensor(data.train_ids, dtype=torch.long, device=dev)
@@ -506,16 +584,19 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
         raise ScoringError(f"the training stream has {len(train_ids):,} tokens, fewer than one batch "
                            f"({cfg.batch_size} x {cfg.block_size}); use more titles or a smaller batch")
     max_steps = cfg.epochs * batches
+    updates = optimizer_steps(cfg, max_steps)
     evals = set(eval_steps(cfg, batches))
     runlog.log("dataset_info", titles_count=data.n_train_titles, epochs=cfg.epochs, batches_per_epoch=batches,
-               tokens_per_epoch=len(train_ids), vocab_size=data.vocab_size)
+               tokens_per_epoch=len(train_ids), vocab_size=data.vocab_size, grad_accum_steps=cfg.grad_accum_steps,
+               optimizer_steps=updates)
 
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
     model = GPT(cfg, data.vocab_size).to(dev)
     compile_model(model, compile_mode)
-    result = RunResult(val_loss=float("nan"), max_steps=max_steps, n_params=model.num_params(),
-                       prep_seconds=data.prep_seconds, device=str(dev), precision=precision)
+    result = RunResult(val_loss=float("nan"), max_steps=max_steps, optimizer_steps=updates,
+                       n_params=model.num_params(), prep_seconds=data.prep_seconds, device=str(dev),
+                       precision=precision)
     runlog.log("model_info", parameters_count=result.n_params)
     t0 = time.perf_counter()                          # training time includes the graph capture
     graph = cfg.cuda_graph and dev.type == "cuda" and capture_verified(cfg)
@@ -534,14 +615,27 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
     step_losses = torch.zeros(max_steps, device=dev)
     span, tokens = cfg.batch_size * cfg.block_size + 1, cfg.batch_size * cfg.block_size
     ptr, step, flushed, eval_index = 0, 0, 0, 0
+    last_read, eval_seconds = t0, 0.0                 # for the throughput between reads
+
+    def lr_at(at_step: int) -> float:
+        """The lr of the update that `at_step` contributes to."""
+        return cfg.lr * lr_factor(cfg, update_of(cfg, at_step), updates)
 
     def flush() -> None:
-        """Read the loss buffer once: log the steps since the last read and catch NaN/inf."""
-        nonlocal flushed
+        """Read the loss buffer once: log the steps since the last read, add a point to the
+        train and lr curves, tell the observers, and catch NaN/inf."""
+        nonlocal flushed, last_read, eval_seconds
         losses = step_losses[flushed:step].tolist()
+        now = time.perf_counter()
         for i, loss in enumerate(losses, start=flushed + 1):
-            runlog.log("training_step", step=i, max_steps=max_steps, loss=loss, elapsed_time=time.perf_counter() - t0)
-        flushed = step
+            runlog.log("training_step", step=i, max_steps=max_steps, loss=loss, lr=lr_at(i), elapsed_time=now - t0)
+        mean, lr = math.fsum(losses) / len(losses), lr_at(step)
+        result.train_curve.append((step, mean))
+        result.lr_curve.append((step, lr))
+        throughput = len(losses) * tokens / max(now - last_read - eval_seconds, 1e-9)
+        for observer in observers:
+            observer.on_train(step, mean, lr, throughput)
+        flushed, last_read, eval_seconds = step, now, 0.0
         bad = next((loss for loss in losses if not math.isfinite(loss)), None)
         if bad is not None and result.diverged is None:
             result.diverged = f"training loss became {bad} by step {step}"
@@ -557,19 +651,26 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say) -> RunResu
             x = train_ids[ptr:ptr + tokens].view(cfg.batch_size, cfg.block_size)
             y = train_ids[ptr + 1:ptr + 1 + tokens].view(cfg.batch_size, cfg.block_size)
             ptr += tokens
-            set_lr(opt, cfg.lr * lr_factor(cfg, step - 1, max_steps))
-            step_losses[step - 1] = train_step(x, y)
+            update = step % cfg.grad_accum_steps == 0 or step == max_steps
+            if update:
+                set_lr(opt, lr_at(step))
+            step_losses[step - 1] = train_step(x, y, update=update)
 
             if step % FLUSH_EVERY == 0 or step in evals:
                 flush()
             if step in evals and result.diverged is None:
+                started = time.perf_counter()
                 val_loss = scorer()
-                elapsed = time.perf_counter() - t0
+                finished = time.perf_counter()
+                eval_seconds += finished - started
+                elapsed = finished - t0
                 result.curve.append((step, val_loss))
                 result.val_loss = val_loss
                 if step == 1:
                     result.setup_seconds = elapsed
                 runlog.log("validation_step", step=step, max_steps=max_steps, loss=val_loss, elapsed_time=elapsed)
+                for observer in observers:
+                    observer.on_validation(eval_index, step, val_loss)
                 # above the bar when there is one (a plain print would tear it)
                 (bar.write if progress else say)(f"[{step:>5}/{max_steps}] validation loss {val_loss:.4f}  "
                                                  f"({elapsed:.1f}s)")

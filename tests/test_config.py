@@ -163,6 +163,16 @@ def test_unknown_key_in_a_file_names_the_file(tmp_path):
     ("mlp", 5),                    # int for str
     ("mlp", ["gelu"]),
     ("dataset", None),
+    ("grad_accum_steps", 2.5),
+    ("grad_accum_steps", True),
+    ("grad_accum_steps", None),
+    ("init", None),
+    ("residual_init", False),      # the old bool's value is not a choice of the new field
+    ("train_seed", "7"),
+    ("train_seed", True),
+    ("train_seed", 7.5),
+    ("scaled_residual_init", "yes"),   # a legacy key keeps its old type
+    ("scaled_residual_init", 1),
 ])
 def test_wrong_types_are_refused_naming_the_key(key, value):
     assert f"'{key}'" in refusal({key: value})
@@ -180,6 +190,7 @@ def test_huge_integer_for_a_float_field_is_a_config_error():
     ("weight_decay", -0.1), ("momentum", 1.0), ("beta1", 1.0), ("beta2", -0.5), ("eps", 0.0),
     ("warmup_steps", -1), ("min_lr_frac", 1.5), ("grad_clip", -1.0), ("mlp_ratio", 0),
     ("block_size", 0), ("batch_size", -8), ("n_layer", 0), ("vocab_size", 258), ("dataset", "  "),
+    ("grad_accum_steps", 0), ("grad_accum_steps", -2), ("train_seed", -1), ("train_seed", 2**63),
 ])
 def test_impossible_values_are_refused_naming_the_key(key, value):
     assert f"'{key}'" in refusal({key: value})
@@ -201,6 +212,47 @@ def test_values_that_would_be_ignored_or_crash_later_are_refused():
         assert "'seed'" in refusal({"seed": seed, "mainrun_rules": False})
 
 
+def test_the_new_knobs_default_to_the_baseline():
+    cfg = RunConfig()
+    assert (cfg.grad_accum_steps, cfg.init, cfg.residual_init, cfg.train_seed) == (1, "normal", "same", None)
+    assert cfg.effective_train_seed == cfg.seed == 1337 and cfg.official
+
+
+def test_a_constant_schedule_refuses_a_floor_it_would_ignore_and_takes_a_warmup():
+    msg = refusal({"schedule": "constant", "min_lr_frac": 0.1})
+    assert "'min_lr_frac'" in msg and "'constant'" in msg
+    cfg = RunConfig.from_dict({"schedule": "constant", "warmup_steps": 100})
+    assert (cfg.schedule, cfg.warmup_steps) == ("constant", 100)
+
+
+def test_train_seed_is_null_or_a_seed_and_only_another_value_is_a_robustness_run():
+    assert RunConfig.from_dict({"train_seed": None}) == RunConfig()
+    same = RunConfig.from_dict({"train_seed": 1337})
+    assert same.effective_train_seed == 1337 and same.official and same.comparable
+    other = RunConfig.from_dict({"train_seed": 0})
+    assert other.effective_train_seed == 0 and other.comparable and not other.official
+    # without the rules the default follows the data seed
+    moved = RunConfig.from_dict({"seed": 5, "mainrun_rules": False})
+    assert moved.effective_train_seed == 5 and not moved.official            # not comparable either
+    assert "'train_seed'" in refusal({"train_seed": -1}) and "null" in refusal({"train_seed": -1})
+
+
+def test_the_legacy_scaled_residual_init_key_maps_onto_residual_init(tmp_path):
+    assert RunConfig.from_dict({"scaled_residual_init": True}).residual_init == "scaled"
+    assert RunConfig.from_dict({"scaled_residual_init": False}) == RunConfig()
+    assert RunConfig.from_dict({"scaled_residual_init": True, "residual_init": "scaled"}).residual_init == "scaled"
+    msg = refusal({"scaled_residual_init": True, "residual_init": "zero"})
+    assert "'scaled_residual_init'" in msg and "keep only residual_init" in msg
+    # a stored config of an older mainrun (every field as it wrote them) still loads
+    old = {k: v for k, v in RunConfig().to_dict().items()
+           if k not in ("train_seed", "init", "residual_init", "grad_accum_steps")}
+    cfg = RunConfig.from_dict({**old, "scaled_residual_init": True}, source="trial 3")
+    assert cfg == RunConfig(residual_init="scaled")
+    assert "scaled_residual_init" not in cfg.to_dict()
+    assert RunConfig.from_yaml(write(tmp_path, "scaled_residual_init: true\n")).residual_init == "scaled"
+    assert RunConfig().replace(scaled_residual_init=True).residual_init == "scaled"
+
+
 def test_d_model_not_divisible_by_n_head():
     msg = refusal({"d_model": 500, "n_head": 8})
     assert "'n_head'" in msg and "d_model" in msg and "500" in msg
@@ -211,7 +263,8 @@ def test_rope_needs_an_even_head_dim():
     assert RunConfig.from_dict({"d_model": 24, "n_head": 8}).head_dim == 3   # fine without rope
 
 
-@pytest.mark.parametrize("key", ["mlp", "norm", "pos_emb", "optimizer", "schedule", "precision"])
+@pytest.mark.parametrize("key", ["mlp", "norm", "pos_emb", "optimizer", "schedule", "precision", "init",
+                                 "residual_init"])
 def test_bad_choice_strings_are_refused(key):
     msg = refusal({key: "bogus"})
     assert f"'{key}'" in msg and "'bogus'" in msg and "must be one of" in msg
@@ -220,7 +273,8 @@ def test_bad_choice_strings_are_refused(key):
 @pytest.mark.parametrize("key, value", [
     ("mlp", "swiglu"), ("mlp", "relu2"), ("norm", "rmsnorm"), ("pos_emb", "rope"),
     ("optimizer", "adamw"), ("schedule", "linear"), ("schedule", "warmup_cosine"),
-    ("precision", "bf16"), ("precision", "fp32"),
+    ("precision", "bf16"), ("precision", "fp32"), ("schedule", "constant"), ("init", "kaiming"),
+    ("residual_init", "scaled"), ("residual_init", "zero"),
 ])
 def test_good_choice_strings_are_accepted(key, value):
     assert getattr(RunConfig.from_dict({key: value}), key) == value
@@ -390,6 +444,8 @@ def test_syntax_error_gives_line_and_column(tmp_path):
     ("n_layers: 4\n", "n_layers"),
     ("dropout: 1.5\n", "dropout"),
     ("lr: 0.1\nlr: 0.2\n", "lr"),
+    ("grad_accum_steps: 0\n", "grad_accum_steps"),
+    ("train_seed: -3\n", "train_seed"),
 ])
 def test_cli_bad_config_exits_2_with_a_clean_error(tmp_path, text, key):
     path = write(tmp_path, text, "bad.yaml")
@@ -409,5 +465,33 @@ def test_the_checked_in_best_card_loads_and_keeps_the_mainrun_rules():
     from pathlib import Path
     card = Path(__file__).resolve().parent.parent / "studies" / "best-standin.yaml"
     cfg = RunConfig.from_yaml(card)
-    assert cfg.comparable and cfg.changed_fixed_fields() == {}
+    assert cfg.comparable and cfg.changed_fixed_fields() == {} and cfg.official
+    assert list(load_yaml_file(card)) == list(cfg.to_dict())             # every field, in today's names
     assert (cfg.d_model, cfg.n_layer, cfg.pos_emb, cfg.mlp) == (1024, 7, "rope", "swiglu")
+
+
+def test_a_trial_stored_with_scaled_residual_init_still_exports_and_trains_the_same_init(tmp_path, capsys):
+    """A study keeps each trial's whole config as a dict in the keys of its day; mainrun-export
+    rebuilds a RunConfig from it. One stored before init/residual_init/grad_accum_steps/train_seed
+    existed exports to today's keys, with the same meaning and the same weights."""
+    import optuna
+    import torch
+
+    from mainrun.cli import export_main
+    from mainrun.model import GPT
+    old = {k: v for k, v in RunConfig.from_dict(TINY).to_dict().items()
+           if k not in ("train_seed", "init", "residual_init", "grad_accum_steps")}
+    old["scaled_residual_init"] = True
+    storage = f"sqlite:///{tmp_path / 'old.db'}"
+    study = optuna.create_study(study_name="old", storage=storage)
+    study.add_trial(optuna.trial.create_trial(value=1.0, user_attrs={"config": old}))
+    assert export_main(["--study", "old", "--storage", storage, "--out", str(tmp_path / "best.yaml")]) == 0
+    assert "exported trial 0" in capsys.readouterr().out
+    exported = RunConfig.from_yaml(tmp_path / "best.yaml")
+    assert exported == RunConfig.from_dict({**TINY, "residual_init": "scaled"})
+    assert "scaled_residual_init" not in (tmp_path / "best.yaml").read_text()
+    torch.manual_seed(0)
+    then = GPT(RunConfig.from_dict(old), 300).state_dict()
+    torch.manual_seed(0)
+    now = GPT(exported, 300).state_dict()
+    assert all(torch.equal(then[k], now[k]) for k in then)

@@ -377,6 +377,18 @@ def test_cache_key_depends_on_vocab_size_and_titles(tiny_config, tmp_path):
     assert leftovers(cache) == []
 
 
+def test_the_train_seed_leaves_the_data_alone(tiny_config, tmp_path):
+    """The split and the tokenizer are keyed by seed: a robustness run (another train_seed)
+    reads the very entry of the official run, so it is scored on the same tokens and characters."""
+    cache = tmp_path / "cache"
+    official = prepare_data(tiny_config, cache, log=quiet)
+    robust = prepare_data(tiny_config.replace(train_seed=7), cache, log=quiet)
+    assert robust.cached and robust.key == official.key and robust.val_chars == official.val_chars
+    np.testing.assert_array_equal(robust.val_ids, official.val_ids)
+    np.testing.assert_array_equal(robust.train_ids, official.train_ids)
+    assert cache_entries(cache) == [official.key]
+
+
 def test_a_changed_dataset_file_is_not_served_from_the_cache(tiny_config, tmp_path):
     cache = tmp_path / "cache"
     path = Path(tiny_config.dataset)

@@ -173,7 +173,7 @@ def test_shorter_sequences_and_summed_loss():
 
 
 def test_scaled_residual_init():
-    cfg = RunConfig.from_dict({"n_layer": 8, "d_model": 256, "n_head": 4, "scaled_residual_init": True})
+    cfg = RunConfig.from_dict({"n_layer": 8, "d_model": 256, "n_head": 4, "residual_init": "scaled"})
     torch.manual_seed(0)
     model = GPT(cfg, 1000)
     expected = 0.02 / math.sqrt(2 * 8)
@@ -181,3 +181,60 @@ def test_scaled_residual_init():
         for proj in (block.attn.proj, block.mlp.down):
             assert proj.weight.std().item() == pytest.approx(expected, rel=0.05)
         assert block.attn.qkv.weight.std().item() == pytest.approx(0.02, rel=0.05)
+
+
+def test_an_old_scaled_residual_init_config_builds_the_same_weights():
+    """A study stores each trial's config with the keys of its day; the legacy key must give
+    the very model that mainrun built from it then (GPT-2's redraw of the projections)."""
+    old = {k: v for k, v in tiny(n_layer=2).to_dict().items() if k not in ("init", "residual_init")}
+    torch.manual_seed(0)
+    legacy = GPT(RunConfig.from_dict({**old, "scaled_residual_init": True}), VOCAB)
+    torch.manual_seed(0)
+    plain = GPT(tiny(n_layer=2), VOCAB)
+    # written out as the old GPT.__init__ did it: everything N(0, 0.02), then the projections
+    for block in plain.blocks:
+        for proj in (block.attn.proj, block.mlp.down):
+            torch.nn.init.normal_(proj.weight, mean=0.0, std=0.02 / math.sqrt(2 * 2))
+    for (name, a), (_, b) in zip(legacy.state_dict().items(), plain.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_kaiming_init_scales_the_blocks_by_fan_in_and_keeps_the_embeddings():
+    cfg = RunConfig.from_dict({"n_layer": 2, "d_model": 256, "n_head": 4, "init": "kaiming", "mlp": "swiglu",
+                               "tie_embeddings": False})
+    torch.manual_seed(0)
+    model = GPT(cfg, 1000)
+    for name, module in model.blocks.named_modules():
+        if isinstance(module, torch.nn.Linear):
+            assert module.weight.std().item() == pytest.approx(math.sqrt(2 / module.in_features), rel=0.05), name
+            assert not module.bias.any()
+    for outside in (model.token_emb.weight, model.head.weight):
+        assert outside.std().item() == pytest.approx(0.02, rel=0.05)
+    scaled = GPT(cfg.replace(residual_init="scaled"), 1000)       # GPT-2's scaling, of kaiming's std
+    down = scaled.blocks[0].mlp.down
+    assert down.weight.std().item() == pytest.approx(math.sqrt(2 / down.in_features) / math.sqrt(4), rel=0.05)
+
+
+@pytest.mark.parametrize("init", ["normal", "kaiming"])
+def test_zero_residual_init_makes_every_block_the_identity_and_draws_the_rest_as_before(init):
+    torch.manual_seed(0)
+    zero = GPT(tiny(init=init, residual_init="zero", n_layer=2, dropout=0.0), VOCAB)
+    torch.manual_seed(0)
+    same = GPT(tiny(init=init, n_layer=2, dropout=0.0), VOCAB)
+    for (name, a), (_, b) in zip(zero.named_parameters(), same.named_parameters()):
+        if name.endswith(("attn.proj.weight", "mlp.down.weight")):
+            assert not a.any(), name
+        else:
+            assert torch.equal(a, b), name                     # the same random draws for everything else
+    x = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        for block in zero.blocks:
+            assert torch.equal(block(x), x)
+    # one update later the projections have moved, and the gradient reaches the whole block then
+    opt = torch.optim.SGD(zero.parameters(), lr=0.1)
+    idx = torch.randint(0, VOCAB, (2, 16))
+    for _ in range(2):
+        opt.zero_grad()
+        zero(idx, idx)[1].backward()
+        opt.step()
+    assert all(p.grad.abs().sum() > 0 for p in zero.parameters())

@@ -158,6 +158,16 @@ def test_sampler_and_pruner_options_reach_optuna():
     ({"params": {"lr": {"low": 1e-4, "high": 1e-2}}, "colour": "blue"}, "colour", "unknown top-level"),
     ({"params": {}}, "params", "non-empty"),
     ({"fixed": {"dataset": "x.txt"}, **MINIMAL}, "fixed.dataset", "command line"),
+    ({"params": {"grad_accum_steps": {"values": [0, 2]}}}, "params.grad_accum_steps.values", "not a valid value"),
+    ({"params": {"init": {"choices": ["normal", "xavier"]}}}, "params.init.choices", "not a valid value"),
+    ({"params": {"residual_init": {"choices": [True, False]}}}, "params.residual_init.choices", "not a valid value"),
+    ({"params": {"schedule": {"choices": ["constant", "linear"]}, "min_lr_frac": {"low": 0.0, "high": 0.2}}},
+     "params", "cannot run"),
+    ({"params": {"train_seed": {"choices": [1, 2]}}}, "params.train_seed", "a sampled seed is noise"),
+    ({"params": {"scaled_residual_init": {"choices": [True, False]}}}, "params.scaled_residual_init",
+     "replaced by residual_init"),
+    ({"fixed": {"scaled_residual_init": True, "residual_init": "zero"}, **MINIMAL}, "scaled_residual_init",
+     "keep only residual_init"),
     ([1, 2, 3], None, "top level must be a mapping"),
 ])
 def test_every_refusal_names_the_file_and_key(doc, key, words):
@@ -203,6 +213,35 @@ def test_a_sampled_dataset_is_refused():
 def test_vocab_size_under_fixed_still_applies():
     space = parse({"fixed": {"mainrun_rules": False, "vocab_size": 300, "num_titles": 1000}, **MINIMAL})
     assert all((cfg.vocab_size, cfg.num_titles) == (300, 1000) for _, cfg in sample(space, 3))
+
+
+# ---------------------------------------------------------------------- the newer knobs
+def test_accumulation_init_and_the_constant_schedule_are_searchable():
+    space = parse({"params": {
+        "batch_size": {"values": [16, 32, 64]},
+        "grad_accum_steps": {"values": [1, 2, 4]},
+        "init": {"choices": ["normal", "kaiming"]},
+        "residual_init": {"choices": ["same", "scaled", "zero"]},
+        "schedule": {"choices": ["constant", "warmup_cosine"]},
+        "warmup_steps": {"low": 0, "high": 200, "step": 50, "when": {"schedule": ["constant", "warmup_cosine"]}},
+    }, "enqueue": [{"label": "accumulated", "batch_size": 16, "grad_accum_steps": 4, "init": "kaiming",
+                    "residual_init": "zero", "schedule": "constant", "warmup_steps": 100}]})
+    seen = {name: set() for name in ("grad_accum_steps", "init", "residual_init", "schedule")}
+    for _, cfg in sample(space, 40):
+        assert cfg.batch_size in (16, 32, 64)
+        for name, values in seen.items():
+            values.add(getattr(cfg, name))
+    assert seen == {"grad_accum_steps": {1, 2, 4}, "init": {"normal", "kaiming"},
+                    "residual_init": {"same", "scaled", "zero"}, "schedule": {"constant", "warmup_cosine"}}
+    [(label, params)] = space.enqueue
+    cfg = space.suggest(optuna.trial.FixedTrial(params), RunConfig())
+    assert (cfg.batch_size, cfg.grad_accum_steps, cfg.schedule, cfg.warmup_steps) == (16, 4, "constant", 100)
+
+
+def test_a_train_seed_or_an_old_key_under_fixed_applies_to_every_trial():
+    space = parse({"fixed": {"train_seed": 3, "scaled_residual_init": True}, **MINIMAL})
+    assert space.fixed == {"train_seed": 3, "residual_init": "scaled"}
+    assert all((cfg.train_seed, cfg.residual_init, cfg.official) == (3, "scaled", False) for _, cfg in sample(space, 3))
 
 
 # ---------------------------------------------------------------------- heads and width, every value

@@ -69,6 +69,14 @@ def test_warmup_without_floor_and_without_warmup():
     assert lr_factor(RunConfig(schedule="warmup_cosine", min_lr_frac=0.2), 100, 100) == pytest.approx(0.2)
 
 
+def test_constant_schedule_holds_the_lr_after_an_optional_warmup():
+    assert [lr_factor(RunConfig(schedule="constant"), s, 50) for s in range(51)] == [1.0] * 51
+    cfg = RunConfig(schedule="constant", warmup_steps=10)
+    f = [lr_factor(cfg, s, 50) for s in range(50)]
+    assert f[:10] == pytest.approx([(s + 1) / 10 for s in range(10)])     # the same warmup as the others
+    assert f[9:] == [1.0] * 41
+
+
 def test_warmup_longer_than_the_run_is_clamped():
     cfg = RunConfig(schedule="warmup_cosine", warmup_steps=1000)
     f = [lr_factor(cfg, s, 50) for s in range(50)]
@@ -274,19 +282,30 @@ def tiny_data(tmp_path_factory):
     return cfg, data
 
 
+class Recording(train_mod.RunObserver):
+    def __init__(self):
+        self.train, self.validation = [], []
+
+    def on_train(self, step, loss, lr, tokens_per_second):
+        self.train.append((step, loss, lr, tokens_per_second))
+
+    def on_validation(self, index, step, loss):
+        self.validation.append((index, step, loss))
+
+
 @pytest.fixture(scope="module")
 def full_run(tiny_data, tmp_path_factory):
     cfg, data = tiny_data
     log = tmp_path_factory.mktemp("run") / "logs" / "run.jsonl"
-    seen = []
+    seen, observer = [], Recording()
     result = train(cfg, data, device="cpu", log_path=log, progress=False, echo=None,
-                   on_eval=lambda i, step, loss: seen.append((i, step, loss)))
+                   on_eval=lambda i, step, loss: seen.append((i, step, loss)), observers=[observer])
     events = [json.loads(line) for line in log.read_text().splitlines()]
-    return cfg, data, result, events, seen
+    return cfg, data, result, events, seen, observer
 
 
 def test_full_run_result(full_run):
-    cfg, data, result, _, seen = full_run
+    cfg, data, result, _, seen, _ = full_run
     batches = steps_per_epoch(cfg, len(data.train_ids))
     assert batches == len(data.train_ids) // 256 > 3
     assert result.max_steps == 7 * batches
@@ -306,7 +325,7 @@ def test_full_run_result(full_run):
 
 
 def test_full_run_log(full_run):
-    cfg, data, result, events, _ = full_run
+    cfg, data, result, events, _, _ = full_run
     kinds = [e["event"] for e in events]
     assert all(isinstance(e["timestamp"], float) for e in events)
     for needed in ("hyperparameters_configured", "dataset_info", "model_info", "training_step", "validation_step"):
@@ -324,7 +343,28 @@ def test_full_run_log(full_run):
     assert all(math.isfinite(e["loss"]) and e["max_steps"] == result.max_steps for e in train_steps)
     val = [(e["step"], e["loss"]) for e in events if e["event"] == "validation_step"]
     assert val == result.curve
+    assert [e["lr"] for e in train_steps] == [cfg.lr * lr_factor(cfg, s - 1, result.max_steps)
+                                              for s in range(1, result.max_steps + 1)]
 
+
+def test_full_run_curves_and_what_the_observers_saw(full_run):
+    """The train curve has a point at each read of the loss buffer: every FLUSH_EVERY steps and
+    at each evaluation, with the mean of the losses logged for the steps read; the lr curve the
+    lr of those steps' updates; an observer sees the same, and every evaluation."""
+    cfg, data, result, events, _, observer = full_run
+    planned = eval_steps(cfg, steps_per_epoch(cfg, len(data.train_ids)))
+    reads = sorted(set(planned) | set(range(train_mod.FLUSH_EVERY, result.max_steps + 1, train_mod.FLUSH_EVERY)))
+    logged = {e["step"]: e for e in events if e["event"] == "training_step"}
+    assert [s for s, _ in result.train_curve] == [s for s, _ in result.lr_curve] == reads
+    for (step, mean), before in zip(result.train_curve, [0] + reads):
+        assert mean == pytest.approx(math.fsum(logged[s]["loss"] for s in range(before + 1, step + 1))
+                                     / (step - before), rel=1e-15)
+    assert result.lr_curve == [(s, logged[s]["lr"]) for s in reads]
+    assert result.train_curve[-1][1] < result.train_curve[0][1]
+    assert [(s, loss, lr) for s, loss, lr, _ in observer.train] == [
+        (s, loss, lr) for (s, loss), (_, lr) in zip(result.train_curve, result.lr_curve)]
+    assert all(tps > 0 and math.isfinite(tps) for *_, tps in observer.train)
+    assert observer.validation == [(i, s, v) for i, (s, v) in enumerate(result.curve)]
 
 def test_on_eval_true_stops_the_run(tiny_data, full_run):
     cfg, data = tiny_data
@@ -343,6 +383,7 @@ def test_on_eval_true_stops_the_run(tiny_data, full_run):
     assert result.val_loss == result.curve[-1][1] == calls[-1][2]
     # same seed, same run: the values match the full run's first three evaluations exactly
     assert result.curve == full_run[2].curve[:3]
+    assert result.train_curve == full_run[2].train_curve[:len(result.train_curve)]
 
 
 def test_a_stop_asked_at_the_last_evaluation_leaves_the_run_complete(tiny_data, full_run):
@@ -391,13 +432,9 @@ def test_nan_training_loss_stops_the_run(tiny_data, monkeypatch):
     assert [s for s, _ in result.curve] == [s for s in planned if s < 5]   # no evaluation of a NaN model
 
 
-def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
-    """The lr of update k (0-based) is cfg.lr * lr_factor(cfg, k, max_steps): LambdaLR semantics."""
-    cfg, data = tiny_data
-    cfg = cfg.replace(schedule="warmup_cosine", warmup_steps=5, min_lr_frac=0.1, batch_size=32, epochs=3,
-                      evals_per_epoch=1)
-    used = []
-    real = train_mod.make_optimizer
+def train_recording_the_lr_of_each_update(cfg, data, monkeypatch):
+    """A run, and the lr the optimizer held at each of its updates."""
+    used, real = [], train_mod.make_optimizer
 
     def recording(*args, **kwargs):
         opt = real(*args, **kwargs)
@@ -405,7 +442,15 @@ def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
         return opt
 
     monkeypatch.setattr(train_mod, "make_optimizer", recording)
-    result = train(cfg, data, device="cpu", progress=False, echo=None)
+    return train(cfg, data, device="cpu", progress=False, echo=None), used
+
+
+def test_the_loop_uses_the_schedule(tiny_data, monkeypatch):
+    """The lr of update k (0-based) is cfg.lr * lr_factor(cfg, k, max_steps): LambdaLR semantics."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(schedule="warmup_cosine", warmup_steps=5, min_lr_frac=0.1, batch_size=32, epochs=3,
+                      evals_per_epoch=1)
+    result, used = train_recording_the_lr_of_each_update(cfg, data, monkeypatch)
     assert len(used) == result.max_steps == 3 * steps_per_epoch(cfg, len(data.train_ids))
     assert used == pytest.approx([cfg.lr * lr_factor(cfg, s, result.max_steps) for s in range(result.max_steps)])
 
@@ -418,9 +463,9 @@ def test_the_loop_reads_batches_like_mainruns_get_batch(tiny_data, monkeypatch):
     seen = []
 
     class RecordingStep(train_mod.TrainStep):
-        def __call__(self, x, y):
+        def __call__(self, x, y, update=True):
             seen.append((x.clone(), y.clone()))
-            return super().__call__(x, y)
+            return super().__call__(x, y, update)
 
     monkeypatch.setattr(train_mod, "TrainStep", RecordingStep)
     result = train(cfg, data, device="cpu", progress=False, echo=None)
@@ -446,6 +491,45 @@ def test_the_seed_decides_the_run(tiny_data):
             for seed in (1, 1, 2)]
     assert runs[0] == runs[1]
     assert runs[0][0][1] != runs[2][0][1] and runs[0][-1][1] != runs[2][-1][1]
+
+
+def test_train_seed_changes_the_draws_but_not_the_scored_tokens(tiny_data, tmp_path, monkeypatch):
+    """train_seed seeds the training (init, dropout); the data and the scoring stay keyed by
+    seed. Its default (null) is the seed: the run that seed alone gave before train_seed existed,
+    bit for bit (one process, one kernel set): its weights are those of torch.manual_seed(seed)
+    then GPT(cfg), as train() drew them before."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(epochs=1, dropout=0.2)
+    built, scored = [], []
+
+    class RecordingGPT(GPT):
+        def __init__(self, *args):
+            super().__init__(*args)
+            built.append({k: v.clone() for k, v in self.state_dict().items()})
+
+    class RecordingScorer(train_mod.Scorer):
+        def __init__(self, model, val_ids, cfg, val_chars, *args, **kwargs):
+            scored.append((val_ids.clone(), val_chars))
+            super().__init__(model, val_ids, cfg, val_chars, *args, **kwargs)
+
+    monkeypatch.setattr(train_mod, "GPT", RecordingGPT)
+    monkeypatch.setattr(train_mod, "Scorer", RecordingScorer)
+    default = train(cfg, data, device="cpu", progress=False, echo=None)
+    explicit = train(cfg.replace(train_seed=cfg.seed), data, device="cpu", progress=False, echo=None)
+    other = train(cfg.replace(train_seed=7), data, device="cpu", progress=False, echo=None,
+                  log_path=tmp_path / "other.jsonl")
+    assert (default.curve, default.train_curve) == (explicit.curve, explicit.train_curve)
+    assert other.curve[0][1] != default.curve[0][1] and other.curve[-1][1] != default.curve[-1][1]
+    assert other.train_curve[-1][1] != default.train_curve[-1][1]
+    torch.manual_seed(cfg.seed)
+    before = GPT(cfg, data.vocab_size).state_dict()
+    assert all(torch.equal(built[0][k], v) for k, v in before.items())
+    assert any(not torch.equal(built[2][k], v) for k, v in before.items())
+    assert len(scored) == 3 and all(torch.equal(ids, scored[0][0]) and chars == data.val_chars
+                                    for ids, chars in scored)
+    hyper = json.loads((tmp_path / "other.jsonl").read_text().splitlines()[0])
+    assert hyper["event"] == "hyperparameters_configured"
+    assert (hyper["train_seed"], hyper["effective_train_seed"], hyper["robustness_run"]) == (7, 7, True)
 
 
 def test_training_stream_shorter_than_a_batch(tiny_data):
@@ -626,6 +710,86 @@ def test_the_fast_step_agrees_with_a_plain_loop(tiny_data, optimizer):
         assert error(fast) <= allowed, f"{name}: {error(fast):.2e} from the fp64 run, rounding allows {allowed:.2e}"
 
 
+# ---------------------------------------------------------------------- gradient accumulation
+# fp32's unit roundoff is u = 2**-24. Accumulation computes the same sums in another order: the
+# weight gradients add four 64-token partial sums instead of one 256-token GEMM, and a sum of n
+# terms reordered moves by at most n*u of the sum of their magnitudes (Higham's gamma_n). The
+# longest such sum here has n = k * b * T = 256 tokens: 256 * u = 1.5e-5, relative. What the
+# runs below reach is ~1e-7; a wrong divisor or a clip per micro-batch is off by far more.
+K, B, T = 4, 2, 32
+ROUNDING = K * B * T * 2.0 ** -24
+
+
+@pytest.mark.parametrize("grad_clip", [0.0, 1.0])
+def test_accumulated_micro_batches_step_like_one_batch(tiny_data, grad_clip):
+    """K micro-batches of B sequences, accumulated, against one batch of K*B: the same mean loss
+    and the same weights after every update, clipping (of the mean gradient) included; and a
+    last, shorter group of 2 micro-batches against one batch of 2*B."""
+    _, data = tiny_data
+    big = tiny(dropout=0.0, batch_size=K * B, momentum=0.9, lr=0.05, grad_clip=grad_clip)
+    small = big.replace(batch_size=B, grad_accum_steps=K)
+    cpu = torch.device("cpu")
+    torch.manual_seed(0)
+    one, accumulated = GPT(big, data.vocab_size), GPT(big, data.vocab_size)
+    accumulated.load_state_dict(one.state_dict())
+    one_opt = train_mod.make_optimizer(big, one, cpu)
+    one_step = train_mod.TrainStep(one, one_opt, big, cpu, "fp32")
+    micro_step = train_mod.TrainStep(accumulated, train_mod.make_optimizer(small, accumulated, cpu), small, cpu, "fp32")
+    ids = torch.as_tensor(data.train_ids, dtype=torch.long)
+
+    def check(x, y, step, micro_batches):
+        loss = step(x, y).item()
+        micro = [micro_step(x[j * B:(j + 1) * B], y[j * B:(j + 1) * B], update=j == micro_batches - 1).item()
+                 for j in range(micro_batches)]
+        assert math.fsum(micro) / micro_batches == pytest.approx(loss, rel=ROUNDING)
+        for (name, a), b in zip(one.named_parameters(), accumulated.parameters()):
+            assert (a - b).abs().max() <= ROUNDING * a.abs().max(), name
+
+    for update in range(8):
+        chunk = ids[update * K * B * T:(update + 1) * K * B * T + 1]
+        check(chunk[:-1].view(K * B, T), chunk[1:].view(K * B, T), one_step, K)
+    assert micro_step.pending == 0
+    chunk = ids[-2 * B * T - 1:]
+    short = train_mod.TrainStep(one, one_opt, big.replace(batch_size=2 * B), cpu, "fp32")
+    check(chunk[:-1].view(2 * B, T), chunk[1:].view(2 * B, T), short, 2)
+
+
+def test_an_accumulating_run_trains_like_the_larger_batch_and_evaluates_at_the_same_positions(tiny_data):
+    """A whole run: B-sequence micro-batches accumulated K at a time against batches of K*B,
+    on a stream whose epochs hold whole groups, with a schedule (which counts updates). The
+    accumulating run evaluates where a B-sequence run without accumulation would (Mainrun's
+    cadence, in micro-batches); there, after whole updates, it scores what the K*B run scores
+    at the same position in the data. Its first evaluation, before any update, scores the init."""
+    cfg, data = tiny_data
+    stream = dataclasses.replace(data, train_ids=data.train_ids[:9 * K * B * T + 2])   # 9 updates per epoch
+    common = cfg.replace(dropout=0.0, epochs=2, grad_clip=0.0, lr=0.05, schedule="warmup_cosine", warmup_steps=3,
+                         min_lr_frac=0.1)
+    one = train(common.replace(batch_size=K * B), stream, device="cpu", progress=False, echo=None)
+    small = common.replace(batch_size=B, grad_accum_steps=K)
+    accumulated = train(small, stream, device="cpu", progress=False, echo=None)
+    assert [s for s, _ in accumulated.curve] == eval_steps(small.replace(grad_accum_steps=1), 9 * K)
+    assert accumulated.max_steps == K * one.max_steps and accumulated.optimizer_steps == one.optimizer_steps == 18
+    assert [s for s, _ in accumulated.curve[1:]] == [K * s for s, _ in one.curve[1:]]
+    assert [v for _, v in accumulated.curve[1:]] == pytest.approx([v for _, v in one.curve[1:]], rel=ROUNDING)
+    assert one.curve[-1][1] < 0.97 * accumulated.curve[0][1]           # they learned, so the match means something
+    torch.manual_seed(cfg.seed)
+    init = GPT(small, data.vocab_size)
+    assert accumulated.curve[0][1] == pytest.approx(
+        evaluate(init, torch.as_tensor(data.val_ids), small, data.val_chars), rel=SCORING_RTOL)
+
+
+def test_the_schedule_counts_updates_and_a_shorter_last_group_is_applied(tiny_data, monkeypatch):
+    """With 3 micro-batches per update over 32 steps: 11 updates, the last on 2 micro-batches
+    (before the final evaluation), each at cfg.lr * lr_factor(update, 11)."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(schedule="linear", warmup_steps=2, epochs=1, grad_accum_steps=3)
+    result, used = train_recording_the_lr_of_each_update(cfg, data, monkeypatch)
+    assert result.max_steps == 32 and result.optimizer_steps == 11
+    assert used == pytest.approx([cfg.lr * lr_factor(cfg, u, 11) for u in range(11)])
+    assert [s for s, _ in result.lr_curve] == [s for s, _ in result.train_curve]
+    assert [lr for _, lr in result.lr_curve] == [cfg.lr * lr_factor(cfg, (s - 1) // 3, 11) for s, _ in result.lr_curve]
+
+
 def test_wsd_schedule_warms_up_holds_then_decays():
     cfg = RunConfig.from_dict({"schedule": "wsd", "warmup_steps": 10, "decay_frac": 0.2, "min_lr_frac": 0.1})
     steps = 110                                        # 10 warm-up, then 100: stable for 80, decay over 20
@@ -714,9 +878,11 @@ def measured_peak_bytes(cfg: RunConfig, vocab: int, precision: str) -> int:
     x = torch.randint(0, vocab, (cfg.batch_size, cfg.block_size))
     with tracker:
         step = train_mod.TrainStep(model, opt, cfg, torch.device("cpu"), precision)
-        step(x, x)                                     # the second step also holds the optimizer state
-        tracker.reset_mod_stats()
-        step(x, x)
+        for update in range(2):                        # the second update also holds the optimizer state
+            for micro in range(cfg.grad_accum_steps):
+                if update or micro:
+                    tracker.reset_mod_stats()          # MemTracker follows one call of the model at a time
+                step(x, x, update=micro == cfg.grad_accum_steps - 1)
     return tracker.get_tracker_snapshot("peak")[torch.device("cpu")]["Total"]
 
 
@@ -727,6 +893,7 @@ def measured_peak_bytes(cfg: RunConfig, vocab: int, precision: str) -> int:
     ({"mlp": "relu2", "optimizer": "sgd", "momentum": 0.9}, 8000, "fp32"),
     ({"optimizer": "muon", "n_layer": 4}, 2000, "bf16"),
     ({"n_layer": 12}, 2000, "bf16"),                   # deep: the per-layer term dominates
+    ({"grad_accum_steps": 3}, 2000, "fp32"),           # a group of micro-batches: one micro-batch's memory
 ])
 def test_the_memory_estimate_is_above_the_measured_peak_but_not_far(changes, vocab, precision):
     cfg = RunConfig.from_dict({**MEM_BASE, "optimizer": "adamw", "vocab_size": vocab, **changes})
@@ -746,6 +913,10 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
         assert estimate(**changes) > base, changes
     assert estimate(precision="bf16") < base
     assert estimate(optimizer="sgd") < base
+    # accumulation keeps one micro-batch in flight; init, schedule and seed cost nothing
+    for changes in ({"grad_accum_steps": 8}, {"init": "kaiming", "residual_init": "zero"},
+                    {"schedule": "constant"}, {"train_seed": 3}):
+        assert estimate(**changes) == base, changes
     # the context on a GPU only; attention dropout is fused into the kernel there
     no_dropout = estimate(dropout=0.0)
     assert estimate("cuda", dropout=0.0) == no_dropout + train_mod.CUDA_OVERHEAD_BYTES
@@ -834,3 +1005,4 @@ def test_whole_step_capture_only_where_it_was_verified_on_a_gpu():
     assert train_mod.capture_verified(tiny(optimizer="sgd", momentum=0.0))           # the baseline
     assert not train_mod.capture_verified(tiny(optimizer="sgd", momentum=0.9))
     assert not train_mod.capture_verified(tiny(optimizer="muon"))
+    assert not train_mod.capture_verified(tiny(optimizer="adamw", grad_accum_steps=2))    # accumulation: eager
