@@ -26,10 +26,11 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, ConfigError, RunConfig, parse_overrides
-from .data import DataError, prepare_data
+from .config import PRESETS, RunConfig, parse_overrides
+from .data import prepare_data
+from .errors import ConfigError, MainrunError
 from .model import GPT
-from .search import SearchError, share_cores_politely
+from .search import share_cores_politely
 from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
                                      args.device, args.cache_dir, args.json)
-        except (ConfigError, DataError, SearchError) as e:
+        except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
 
     try:

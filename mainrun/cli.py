@@ -1,4 +1,4 @@
-"""Thin entry points: parse arguments, call the package, turn known errors into exit code 2."""
+"""Thin entry points: parse arguments, call the package, turn a MainrunError into exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from .config import PRESETS, ConfigError, RunConfig, parse_overrides
+from .config import PRESETS, RunConfig, parse_overrides
+from .errors import ConfigError, MainrunError
 
 EXIT_USAGE = 2
 
@@ -74,15 +75,15 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
 
-    from .data import DataError, prepare_data
-    from .train import DeviceError, ScoringError, resolve_device, train
+    from .data import prepare_data
+    from .train import resolve_device, train
 
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
         device = resolve_device(args.device)                  # before the data work, not after it
         data = prepare_data(cfg, args.cache_dir)
         result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress)
-    except (ConfigError, DataError, ScoringError, DeviceError) as e:
+    except MainrunError as e:
         _fail(str(e))
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
@@ -176,8 +177,7 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.heartbeat_grace <= args.heartbeat:
         parser.error("--heartbeat-grace must be longer than --heartbeat")
 
-    from .data import DataError
-    from .search import SearchError, SearchOptions, StorageSettings, plan_search, run_search
+    from .search import SearchOptions, StorageSettings, plan_search, run_search
 
     opts = SearchOptions(
         space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
@@ -187,7 +187,7 @@ def search_main(argv: list[str] | None = None) -> int:
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
-    except (ConfigError, DataError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
 
 
@@ -206,10 +206,10 @@ def export_main(argv: list[str] | None = None) -> int:
 
     from optuna.trial import TrialState
 
-    from .search import SearchError, export_trial
+    from .search import export_trial
     try:
         trial = export_trial(args.storage, args.study, args.out, args.trial)
-    except (ConfigError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
     if trial.state == TrialState.COMPLETE:
         print(f"exported trial {trial.number} (val_loss {trial.value:.6f}) to {args.out}")
@@ -245,13 +245,12 @@ def report_main(argv: list[str] | None = None) -> int:
 
     from .compare import build_comparison
     from .report import build_report
-    from .search import SearchError
     try:
         if args.compare:
             index = build_comparison(args.storage, args.compare, args.out)
         else:
             index = build_report(args.storage, args.study, args.out, top=args.top)
-    except (ConfigError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
     print(f"report: {index}")
     return 0

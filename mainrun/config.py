@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError, YamlError
+
 HUB_DATASET = "julien040/hacker-news-posts"
 
 # Fields the Mainrun rules fix. They keep their defaults unless `mainrun_rules: false`.
@@ -45,10 +47,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.01,
                    "schedule": "warmup_cosine", "warmup_steps": 100},
 }
-
-
-class ConfigError(ValueError):
-    """A run configuration (or the file it came from) is invalid. The message names the key."""
 
 
 @dataclass
@@ -277,10 +275,6 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 
 # ---------------------------------------------------------------------- safe YAML
 _FIELD_TYPES = typing.get_type_hints(RunConfig)
-
-
-class YamlError(ConfigError):
-    """A YAML file could not be read or parsed safely."""
 
 
 class _StrictLoader(yaml.SafeLoader):

@@ -30,8 +30,10 @@ from typing import Any
 import optuna
 from optuna.trial import TrialState
 
-from .config import ConfigError, RunConfig
-from .data import Data, DataError, prepare_data
+from .config import RunConfig
+from .data import Data, prepare_data
+from .errors import (ConfigError, DataError, InputsChanged, SearchError, TrialFailed, TrialRefused,
+                     WorkerBroken)
 from .space import SearchSpace, load_space
 
 # Heartbeats, their retry callback and metric names are stable in practice but still flagged
@@ -52,18 +54,6 @@ MAX_CONSECUTIVE_REFUSALS = 25
 EXIT_INPUTS_CHANGED = 2       # a worker's exit code (and the search's) when its inputs changed
 
 
-class SearchError(Exception):
-    """A search cannot start or go on. The message says why and what to do."""
-
-
-class TrialFailed(Exception):
-    """The trial's own config failed (e.g. out of memory); recorded as FAIL, not retried."""
-
-
-class TrialRefused(TrialFailed):
-    """The trial's config would not fit in the memory a trial may use; refused before it starts."""
-
-
 def _not_an_expected_failure(record: logging.LogRecord) -> bool:
     # Optuna logs each trial exception with its traceback. A TrialFailed is expected: its reason
     # is recorded as fail_reason and printed on the trial's line already. So is an interrupt:
@@ -74,15 +64,6 @@ def _not_an_expected_failure(record: logging.LogRecord) -> bool:
 
 
 logging.getLogger("optuna.study._optimize").addFilter(_not_an_expected_failure)
-
-
-class InputsChanged(SearchError):
-    """A worker found the space file or the titles changed since the search opened the study."""
-
-
-class WorkerBroken(Exception):
-    """A CUDA error other than out-of-memory: the process's CUDA context may be unusable, so
-    the worker records the trial as failed and exits; the parent starts a fresh worker."""
 
 
 # ---------------------------------------------------------------------- storage
@@ -981,16 +962,13 @@ def plan_search(opts: SearchOptions) -> int:
 
 def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
     """One device name per worker, each checked to exist here before anything is created."""
-    from .train import DeviceError, resolve_device
+    from .train import resolve_device
     if opts.gpus:
         devices = [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
     else:
         devices = [("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device] * max(1, opts.jobs)
     for name in sorted(set(devices)):
-        try:
-            resolve_device(name)
-        except DeviceError as e:
-            raise SearchError(str(e)) from None
+        resolve_device(name)
     return devices
 
 

@@ -36,7 +36,8 @@ from typing import Any
 
 import optuna
 
-from .config import MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, is_int, is_number, load_yaml_file
+from .config import MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number, load_yaml_file
+from .errors import ConfigError, SpaceError
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
 # Read only by the data preparation, which runs once per study from the base config (tokenizer
@@ -70,10 +71,6 @@ PRUNERS = {
     "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 3}),
     "none": (optuna.pruners.NopPruner, {}),
 }
-
-
-class SpaceError(ConfigError):
-    """The search-space file is invalid. The message names the file and the key."""
 
 
 @dataclass
