@@ -30,7 +30,7 @@ from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .errors import ConfigError, MainrunError
 from .model import GPT
-from .search import share_cores_politely
+from .search.workers import share_cores_politely
 from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
@@ -221,7 +221,8 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
                       device: str, cache_dir: str | None, json_path: str | None) -> int:
     """One short search per worker count, each a fresh study in a scratch SQLite file: the
     wall time, trials per hour and full-run equivalents per hour (trained steps / full steps)."""
-    from .search import SearchOptions, StorageSettings, run_search
+    from .search import SearchOptions, run_search
+    from .storage import StorageSettings
     scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
     rows = []
     for n in jobs:
@@ -248,7 +249,7 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
     from optuna.trial import TrialState
 
     from .compare import device_seconds
-    from .search import FINISHED
+    from .search.study import FINISHED
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in FINISHED]
     full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]

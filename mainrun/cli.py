@@ -125,8 +125,8 @@ def _positive_float(text: str) -> float:
 
 @_interruptible
 def search_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
     from .space import PRUNERS, SAMPLERS
+    from .storage import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 
     parser = argparse.ArgumentParser(
         prog="mainrun-search",
@@ -177,7 +177,8 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.heartbeat_grace <= args.heartbeat:
         parser.error("--heartbeat-grace must be longer than --heartbeat")
 
-    from .search import SearchOptions, StorageSettings, plan_search, run_search
+    from .search import SearchOptions, plan_search, run_search
+    from .storage import StorageSettings
 
     opts = SearchOptions(
         space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
@@ -193,7 +194,7 @@ def search_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- mainrun-export
 def export_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE
+    from .storage import DEFAULT_STORAGE
 
     parser = argparse.ArgumentParser(
         prog="mainrun-export",
@@ -206,7 +207,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
     from optuna.trial import TrialState
 
-    from .search import export_trial
+    from .export import export_trial
     try:
         trial = export_trial(args.storage, args.study, args.out, args.trial)
     except MainrunError as e:
@@ -224,7 +225,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- mainrun-report
 def report_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE
+    from .storage import DEFAULT_STORAGE
 
     parser = argparse.ArgumentParser(
         prog="mainrun-report",

@@ -16,7 +16,9 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from .report import (PNG_DPI, as_number, compute_totals, escape, html_page, output_folder, percent, plot_div)
-from .search import METRIC, SearchError, open_study_readonly, redact
+from .errors import SearchError
+from .search.study import METRIC
+from .storage import open_study_readonly, redact
 from .space import DEFAULT_PRUNER, DEFAULT_SAMPLER
 
 

@@ -335,6 +335,11 @@ def parse_overrides(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def load_yaml_file(path: str | Path) -> Any:
+    return parse_yaml_text(read_yaml_text(path), str(path))
+
+
+def read_yaml_text(path: str | Path) -> str:
+    """The text of a mainrun YAML file; a missing, unreadable, huge or non-UTF-8 file is a YamlError."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -347,8 +352,7 @@ def load_yaml_file(path: str | Path) -> Any:
     if len(raw) > MAX_YAML_BYTES:
         raise YamlError(f"{path}: file is larger than {MAX_YAML_BYTES} bytes; this is not a mainrun file")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise YamlError(f"{path}: not a UTF-8 text file") from None
-    return parse_yaml_text(text, str(path))
 

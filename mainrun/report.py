@@ -21,9 +21,12 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from . import __version__
 from .config import is_number
-from .search import (METRIC, SearchError, display_params, export_command, open_study_readonly, redact,
-                     version)
+from .errors import SearchError
+from .export import export_command
+from .search.study import METRIC, display_params
+from .storage import open_study_readonly, redact
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
 # trials with all of them; with a handful of trials that is noise).
@@ -603,7 +606,7 @@ def html_page(title: str, body: str) -> str:
             f"<title>{escape(title)}</title><style>{CSS}</style>"
             f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
             + body
-            + f"<footer>Made by mainrun-report (mainrun {escape(version())}, optuna {escape(optuna.__version__)}) on {now}. "
+            + f"<footer>Made by mainrun-report (mainrun {escape(__version__)}, optuna {escape(optuna.__version__)}) on {now}. "
               "This page needs no network.</footer></body></html>\n")
 
 

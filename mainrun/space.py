@@ -36,7 +36,8 @@ from typing import Any
 
 import optuna
 
-from .config import MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number, load_yaml_file
+from .config import (MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number, parse_yaml_text,
+                     read_yaml_text)
 from .errors import ConfigError, SpaceError
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
@@ -265,9 +266,8 @@ class SearchSpace:
 # ---------------------------------------------------------------------- parsing
 def load_space(path: str | Path, sampler: str | None = None, pruner: str | None = None) -> SearchSpace:
     """The space file, validated; `sampler`/`pruner` (names) replace the file's policy."""
-    data = load_yaml_file(path)
-    text = Path(path).read_text(encoding="utf-8")
-    return parse_space(data, str(path), text).with_policy(sampler, pruner)
+    text = read_yaml_text(path)              # read once: the text recorded is the text parsed
+    return parse_space(parse_yaml_text(text, str(path)), str(path), text).with_policy(sampler, pruner)
 
 
 def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:

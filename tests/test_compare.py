@@ -105,7 +105,8 @@ def test_compare_says_when_the_studies_values_do_not_compare():
 
 
 def test_compare_pruning_goal_not_met_policy_fallbacks_and_refusals():
-    from mainrun.compare import SearchError, compare_studies, pruning_goal_sentence, study_policy
+    from mainrun.compare import compare_studies, pruning_goal_sentence, study_policy
+    from mainrun.errors import SearchError
     cmp = compare_studies(list(_pruning_and_plain_studies()))
     cmp.studies[0].best_at_budget = 0.5                  # worse than the study without pruning at 36 s
     assert pruning_goal_sentence(cmp).endswith(
