@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import SearchError
+from .config import parse_yaml_text
+from .errors import ConfigError, SearchError
 from .formats import metric_value, percent, seconds_amount
 from .pages import PNG_DPI, output_folder, plot_div, render_page
 from .report import as_number, compute_totals
@@ -90,8 +90,8 @@ def _recorded_space(text: Any) -> dict | None:
     if not isinstance(text, str):
         return None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = parse_yaml_text(text, "the study's recorded space")
+    except ConfigError:
         return None
     return data if isinstance(data, dict) else None
 

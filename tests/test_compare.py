@@ -196,3 +196,12 @@ def test_compare_cli_refusals_exit_2(compared, tmp_path, capsys):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no study 'nope'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_recorded_space_is_read_with_the_strict_loader():
+    """The study's recorded space file is read as every mainrun YAML is: a duplicate key or an alias
+    is not guessed at (safe_load would take the last of two samplers), so the policy is unknown."""
+    from mainrun.compare import study_policy
+    assert study_policy({"space_yaml": "sampler: {name: random}\nsampler: {name: tpe}\n"}) == ("?", "?")
+    assert study_policy({"space_yaml": "base: &b {name: random}\nsampler: *b\n"}) == ("?", "?")
+    assert study_policy({"space_yaml": "sampler: {name: random}\n"}) == ("random", "median")
