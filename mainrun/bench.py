@@ -30,8 +30,8 @@ from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .errors import ConfigError, MainrunError
 from .model import GPT
+from .policy import PRUNERS
 from .search.workers import share_cores_politely
-from .space import PRUNERS
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.

@@ -125,7 +125,7 @@ def _positive_float(text: str) -> float:
 
 @_interruptible
 def search_main(argv: list[str] | None = None) -> int:
-    from .space import PRUNERS, SAMPLERS
+    from .policy import PRUNERS, SAMPLERS
     from .storage import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 
     parser = argparse.ArgumentParser(

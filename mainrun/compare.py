@@ -19,9 +19,9 @@ from .config import parse_yaml_text
 from .errors import ConfigError, SearchError
 from .formats import metric_value, percent, seconds_amount
 from .pages import PNG_DPI, output_folder, plot_div, render_page
+from .policy import DEFAULT_PRUNER, DEFAULT_SAMPLER
 from .report import as_number, compute_totals
 from .search.study import METRIC
-from .space import DEFAULT_PRUNER, DEFAULT_SAMPLER
 from .storage import open_study_readonly, redact
 
 

@@ -24,8 +24,7 @@ from optuna.trial import TrialState
 from .. import __version__
 from ..config import RunConfig, read_yaml_text
 from ..data import Data, prepare_data
-from ..errors import (ConfigError, DataError, InputsChanged, ScoringError, TrialFailed, TrialRefused,
-                      WorkerBroken)
+from ..errors import ConfigError, DataError, InputsChanged, ScoringError, TrialFailed, TrialRefused, WorkerBroken
 from ..formats import GIB, byte_size
 from ..space import SearchSpace, load_space
 from .console import Echo, say
