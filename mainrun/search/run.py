@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..config import RunConfig
@@ -24,7 +24,7 @@ from .workers import WorkerContext, optuna_quieted, run_rounds, usable_cpus
 class SearchOptions:
     space: str
     trials: int = 40
-    storage: StorageSettings = None  # type: ignore[assignment]
+    storage: StorageSettings = field(default_factory=StorageSettings)
     study: str | None = None
     dataset: str | None = None
     device: str = "auto"
@@ -66,8 +66,8 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
     _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
     with optuna_quieted():
         storage = open_storage(opts.storage)                        # creates nothing if the data is unusable
-        study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.seed,
-                           opts.new_study, echo=echo)
+        study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.new_study,
+                           echo=echo)
         try:
             artifacts.mkdir(parents=True, exist_ok=True)
         except OSError as e:

@@ -76,12 +76,13 @@ def display_params(trial: optuna.trial.FrozenTrial) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------- making and resuming it
-def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConfig, seed: int | None = None,
-               new_study: bool = False, echo: Callable[[str], None] = print) -> optuna.Study:
+def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConfig, new_study: bool = False,
+               echo: Callable[[str], None] = print) -> optuna.Study:
     """Create the study (with its identity and enqueued trials) or resume it. An existing
     study made from a different space or dataset is refused: its trials would not compare.
     With new_study, such a study's first NAME-k made from these inputs is resumed instead, or
-    the next free NAME-k created, so that the same command run again resumes what it started."""
+    the next free NAME-k created, so that the same command run again resumes what it started.
+    Its sampler and pruner are set where trials are asked for: in each worker (set_policy)."""
     existing = {s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)}
     if name in existing:
         study = optuna.load_study(study_name=name, storage=storage)
@@ -95,18 +96,17 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
                     f"Resume it with the same inputs, pick another name with --study, or pass --new-study "
                     f"to {verb} '{alt}'.")
             echo(f"search: --new-study: study '{name}' was made from other inputs; {verb} '{alt}'")
-            return open_study(space, storage, alt, data, base, seed, echo=echo)
+            return open_study(space, storage, alt, data, base, echo=echo)
         echo(f"search: resuming study '{name}' ({describe_counts(tally(study))})")
         added = _enqueue_untried(study, space)
         if added:
             echo(f"search: enqueued {', '.join(added)}: known configs of the space not tried yet "
                  "(added to the file since, or cut short)")
-        set_policy(study, space, seed)
         return study
     try:
         study = optuna.create_study(study_name=name, storage=storage, direction="minimize")
     except optuna.exceptions.DuplicatedStudyError:        # another search created it a moment ago
-        return open_study(space, storage, name, data, base, seed, new_study, echo)
+        return open_study(space, storage, name, data, base, new_study, echo)
     try:
         study.set_metric_names([METRIC])
         study.set_user_attr("space_file", space.path)
@@ -129,7 +129,6 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
                  f"delete it before rerunning: optuna delete-study --study-name {name} --storage '{redact(storage.url)}'")
         raise
     echo(f"search: created study '{name}'" + (f" with {len(added)} enqueued trials" if added else ""))
-    set_policy(study, space, seed)
     return study
 
 
@@ -192,6 +191,7 @@ def _enqueue_untried(study: optuna.Study, space: SearchSpace) -> list[str]:
 
 
 def set_policy(study: optuna.Study, space: SearchSpace, seed: int | None) -> None:
+    """The space's sampler (seeded) and pruner, for the trials this study object asks for."""
     study.sampler = space.make_sampler(seed)
     study.pruner = space.make_pruner()
 
