@@ -35,6 +35,8 @@ from .workers import Objective, WorkerContext
 if TYPE_CHECKING:
     import torch
 
+    from ..train import RunResult
+
 
 @dataclass
 class SearchObjective:
@@ -146,16 +148,7 @@ class TrialRunner:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
             self._keep_artifacts(trial, workdir, cfg, log_path)
-        trial.set_user_attr("n_params", result.n_params)
-        trial.set_user_attr("prep_seconds", round(result.prep_seconds, 3))
-        trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
-        trial.set_user_attr("setup_seconds", round(result.setup_seconds, 3))
-        trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
-        if result.peak_memory_mb is not None:
-            trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
-        trial.set_user_attr("device", f"{result.device} ({result.precision})")
-        trial.set_user_attr("steps", result.steps)
-        trial.set_user_attr("max_steps", result.max_steps)
+        _record(trial, result)
         if result.diverged:
             trial.set_user_attr("prune_reason", f"diverged: {result.diverged}")
             raise optuna.TrialPruned(result.diverged)
@@ -189,6 +182,20 @@ class TrialRunner:
                       "its result is kept")
         finally:
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _record(trial: optuna.Trial, result: RunResult) -> None:
+    """What the run measured, as user attrs: the report's totals and tables are made from them."""
+    trial.set_user_attr("n_params", result.n_params)
+    trial.set_user_attr("prep_seconds", round(result.prep_seconds, 3))
+    trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+    trial.set_user_attr("setup_seconds", round(result.setup_seconds, 3))
+    trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
+    if result.peak_memory_mb is not None:
+        trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
+    trial.set_user_attr("device", f"{result.device} ({result.precision})")
+    trial.set_user_attr("steps", result.steps)
+    trial.set_user_attr("max_steps", result.max_steps)
 
 
 def failed(trial: optuna.Trial, error: Exception) -> Exception:
