@@ -26,11 +26,12 @@ from pathlib import Path
 
 import torch
 
-from .config import PRESETS, ConfigError, RunConfig, parse_overrides
-from .data import DataError, prepare_data
+from .config import PRESETS, RunConfig, parse_overrides
+from .data import prepare_data
+from .errors import ConfigError, MainrunError
 from .model import GPT
-from .search import SearchError, share_cores_politely
-from .space import PRUNERS
+from .policy import PRUNERS
+from .search.workers import share_cores_politely
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
@@ -99,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
                                      args.device, args.cache_dir, args.json)
-        except (ConfigError, DataError, SearchError) as e:
+        except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
 
     try:
@@ -220,7 +221,8 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
                       device: str, cache_dir: str | None, json_path: str | None) -> int:
     """One short search per worker count, each a fresh study in a scratch SQLite file: the
     wall time, trials per hour and full-run equivalents per hour (trained steps / full steps)."""
-    from .search import SearchOptions, StorageSettings, run_search
+    from .search import SearchOptions, run_search
+    from .storage import StorageSettings
     scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
     rows = []
     for n in jobs:
@@ -247,7 +249,7 @@ def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int
     from optuna.trial import TrialState
 
     from .compare import device_seconds
-    from .search import FINISHED
+    from .search.study import FINISHED
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in FINISHED]
     full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]

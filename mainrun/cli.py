@@ -1,4 +1,4 @@
-"""Thin entry points: parse arguments, call the package, turn known errors into exit code 2."""
+"""Thin entry points: parse arguments, call the package, turn a MainrunError into exit code 2."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Callable, NoReturn
 
-from .config import PRESETS, ConfigError, RunConfig, parse_overrides
+from .config import PRESETS, RunConfig, parse_overrides
+from .errors import ConfigError, MainrunError
 
 EXIT_USAGE = 2
 
@@ -77,9 +78,9 @@ def train_main(argv: list[str] | None = None) -> int:
                              "run folder under DIR; needs the tensorboard extra")
     args = parser.parse_args(argv)
 
-    from .data import DataError, prepare_data
-    from .tensorboard import TensorBoardError, TensorBoardWriter, new_run_dir, summary_writer_class
-    from .train import DeviceError, ScoringError, resolve_device, train
+    from .data import prepare_data
+    from .tensorboard import TensorBoardWriter, new_run_dir, summary_writer_class
+    from .train import resolve_device, train
 
     try:
         cfg = load_run_config(args.config, args.preset, args.dataset, args.overrides)
@@ -96,7 +97,7 @@ def train_main(argv: list[str] | None = None) -> int:
         finally:
             for observer in observers:
                 observer.close()
-    except (ConfigError, DataError, ScoringError, DeviceError, TensorBoardError) as e:
+    except MainrunError as e:
         _fail(str(e))
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
@@ -141,8 +142,8 @@ def _positive_float(text: str) -> float:
 
 @_interruptible
 def search_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
-    from .space import PRUNERS, SAMPLERS
+    from .policy import PRUNERS, SAMPLERS
+    from .storage import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 
     parser = argparse.ArgumentParser(
         prog="mainrun-search",
@@ -193,8 +194,8 @@ def search_main(argv: list[str] | None = None) -> int:
     if args.heartbeat_grace <= args.heartbeat:
         parser.error("--heartbeat-grace must be longer than --heartbeat")
 
-    from .data import DataError
-    from .search import SearchError, SearchOptions, StorageSettings, plan_search, run_search
+    from .search import SearchOptions, plan_search, run_search
+    from .storage import StorageSettings
 
     opts = SearchOptions(
         space=args.space, trials=args.trials, study=args.study, dataset=args.dataset, device=args.device,
@@ -204,13 +205,13 @@ def search_main(argv: list[str] | None = None) -> int:
         memory_budget_gib=args.memory_budget, timeout=args.timeout)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
-    except (ConfigError, DataError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
 
 
 # ---------------------------------------------------------------------- mainrun-export
 def export_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE
+    from .storage import DEFAULT_STORAGE
 
     parser = argparse.ArgumentParser(
         prog="mainrun-export",
@@ -223,10 +224,10 @@ def export_main(argv: list[str] | None = None) -> int:
 
     from optuna.trial import TrialState
 
-    from .search import SearchError, export_trial
+    from .export import export_trial
     try:
         trial = export_trial(args.storage, args.study, args.out, args.trial)
-    except (ConfigError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
     if trial.state == TrialState.COMPLETE:
         print(f"exported trial {trial.number} (val_loss {trial.value:.6f}) to {args.out}")
@@ -241,7 +242,7 @@ def export_main(argv: list[str] | None = None) -> int:
 
 # ---------------------------------------------------------------------- mainrun-report
 def report_main(argv: list[str] | None = None) -> int:
-    from .search import DEFAULT_STORAGE
+    from .storage import DEFAULT_STORAGE
 
     parser = argparse.ArgumentParser(
         prog="mainrun-report",
@@ -262,13 +263,12 @@ def report_main(argv: list[str] | None = None) -> int:
 
     from .compare import build_comparison
     from .report import build_report
-    from .search import SearchError
     try:
         if args.compare:
             index = build_comparison(args.storage, args.compare, args.out)
         else:
             index = build_report(args.storage, args.study, args.out, top=args.top)
-    except (ConfigError, SearchError) as e:
+    except MainrunError as e:
         _fail(str(e))
     print(f"report: {index}")
     return 0

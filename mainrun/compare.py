@@ -7,17 +7,22 @@ smallest total any of them spent), the time pruning saved, and a verdict in word
 """
 from __future__ import annotations
 
+import html
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .report import (PNG_DPI, as_number, compute_totals, escape, html_page, output_folder, percent, plot_div)
-from .search import METRIC, SearchError, open_study_readonly, redact
-from .space import DEFAULT_PRUNER, DEFAULT_SAMPLER
+from .config import parse_yaml_text
+from .errors import ConfigError, SearchError
+from .formats import metric_value, percent, seconds_amount
+from .pages import PNG_DPI, output_folder, plot_div, render_page
+from .policy import DEFAULT_PRUNER, DEFAULT_SAMPLER
+from .report import as_number, compute_totals
+from .search.study import METRIC
+from .storage import open_study_readonly, redact
 
 
 # "Reached the best": within this much of the best value any compared study found.
@@ -85,8 +90,8 @@ def _recorded_space(text: Any) -> dict | None:
     if not isinstance(text, str):
         return None
     try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
+        data = parse_yaml_text(text, "the study's recorded space")
+    except ConfigError:
         return None
     return data if isinstance(data, dict) else None
 
@@ -224,14 +229,6 @@ def caveats(studies: list[optuna.Study]) -> list[str]:
 
 
 # ---------------------------------------------------------------------- the comparison in words
-def _amount(seconds: float) -> str:
-    return f"{seconds:,.1f}" if seconds < 100 else f"{seconds:,.0f}"
-
-
-def _value(value: float | None) -> str:
-    return "none yet" if value is None else f"{value:.4f}"
-
-
 def _leader_at_budget(cmp: Comparison) -> str:
     reached = [r for r in cmp.studies if r.best_at_budget is not None]
     top = (min if cmp.minimize else max)(r.best_at_budget for r in reached)
@@ -246,8 +243,8 @@ def _pruning_sentences(cmp: Comparison) -> list[str]:
             said.append(f"{r.label} does not prune.")
         elif r.saved_seconds > 0:
             said.append(f"Pruning saved {percent(r.saved_seconds, r.unpruned_seconds)} of "
-                        f"{r.label}'s device time (estimate: {_amount(r.saved_seconds)} of "
-                        f"{_amount(r.unpruned_seconds)} {cmp.unit}).")
+                        f"{r.label}'s device time (estimate: {seconds_amount(r.saved_seconds)} of "
+                        f"{seconds_amount(r.unpruned_seconds)} {cmp.unit}).")
         else:
             said.append(f"{r.label} saved nothing by pruning ({r.counts['pruned']} pruned trials).")
     return said
@@ -268,8 +265,8 @@ def pruning_goal_sentence(cmp: Comparison) -> str | None:
         best_ok = r.best_at_budget is not None and (rival_best is None or not _better(rival_best, r.best_at_budget,
                                                                                          cmp.minimize))
         missing = [why for ok, why in ((saved_ok, f"saved {percent(r.saved_seconds, r.unpruned_seconds)}"),
-                                       (best_ok, f"best at equal budget {_value(r.best_at_budget)} vs "
-                                                 f"{_value(rival_best)} without pruning")) if not ok]
+                                       (best_ok, f"best at equal budget {metric_value(r.best_at_budget)} vs "
+                                                 f"{metric_value(rival_best)} without pruning")) if not ok]
         verdicts.append(f"{r.label}: {'met' if saved_ok and best_ok else 'not met (' + '; '.join(missing) + ')'}")
     return (f"The goal (pruning saves at least {PRUNING_GOAL:.0%} of the device time with a best no worse than "
             f"without pruning, at equal budget): " + "; ".join(verdicts) + ".")
@@ -278,8 +275,8 @@ def pruning_goal_sentence(cmp: Comparison) -> str | None:
 def verdict(cmp: Comparison) -> str:
     """One paragraph in plain words, computed from the numbers."""
     sense = "lower" if cmp.minimize else "higher"
-    at_budget = ", ".join(f"{r.label} {_value(r.best_at_budget)}" for r in cmp.studies)
-    parts = [*cmp.caveats, f"At equal budget ({_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
+    at_budget = ", ".join(f"{r.label} {metric_value(r.best_at_budget)}" for r in cmp.studies)
+    parts = [*cmp.caveats, f"At equal budget ({seconds_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
              f"spent) the best {cmp.metric} reached was: {at_budget} ({sense} is better); "
              f"{_leader_at_budget(cmp)}."]
     parts += _pruning_sentences(cmp)
@@ -302,11 +299,11 @@ def comparison_figure(cmp: Comparison):
     fig = go.Figure()
     for r in cmp.studies:
         xs, ys = _curve_xy(r.curve)
-        hover = f"{escape(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
-        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=escape(r.label),
+        hover = f"{html.escape(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=html.escape(r.label),
                                  hovertemplate=hover))
     fig.add_vline(x=cmp.budget_seconds, line=dict(color="#555", dash="dash", width=1.5),
-                  annotation_text=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}",
+                  annotation_text=f"equal budget {seconds_amount(cmp.budget_seconds)} {cmp.unit}",
                   annotation_position="top right")
     fig.update_layout(title="Best value so far against device time spent", xaxis_title=f"{cmp.unit} spent (cumulative)",
                       yaxis_title=f"best {cmp.metric} so far",
@@ -326,7 +323,7 @@ def write_comparison_png(cmp: Comparison, path: Path) -> Path:
         xs, ys = _curve_xy(r.curve)
         ax.plot(xs, ys, drawstyle="steps-post", marker="o", markersize=3, label=r.label)
     ax.axvline(cmp.budget_seconds, color="#555", linestyle="--", linewidth=1.2,
-               label=f"equal budget {_amount(cmp.budget_seconds)} {cmp.unit}")
+               label=f"equal budget {seconds_amount(cmp.budget_seconds)} {cmp.unit}")
     ax.set(title="Best value so far against device time spent", xlabel=f"{cmp.unit} spent (cumulative)",
            ylabel=f"best {cmp.metric} so far")
     ax.grid(alpha=0.3)
@@ -337,56 +334,15 @@ def write_comparison_png(cmp: Comparison, path: Path) -> Path:
     return path
 
 
-def comparison_table(cmp: Comparison) -> str:
-    u = cmp.unit
-    head = ("<tr><th class='l'>study</th><th class='l'>sampler</th><th class='l'>pruner</th><th>finished</th>"
-            f"<th>complete</th><th>pruned</th><th>failed</th><th>{u} spent</th><th>saved by pruning</th>"
-            f"<th>saved %</th><th>best</th><th>best at equal budget</th>"
-            f"<th>to within {REACH_TOLERANCE:g} of {cmp.target_value:.4f}</th></tr>")
-    rows = []
-    for r in cmp.studies:
-        c = r.counts
-        reach = "never" if r.seconds_to_target is None else _amount(r.seconds_to_target)
-        rows.append(f"<tr><td class='l'>{escape(r.name)}</td><td class='l'>{escape(r.sampler)}</td>"
-                    f"<td class='l'>{escape(r.pruner)}</td><td>{r.finished}</td><td>{c['complete']}</td>"
-                    f"<td>{c['pruned']}</td><td>{c['fail']}</td><td>{_amount(r.spent_seconds)}</td>"
-                    f"<td>{_amount(r.saved_seconds)}</td>"
-                    f"<td>{percent(r.saved_seconds, r.unpruned_seconds)}</td>"
-                    f"<td>{r.best_value:.4f}</td><td>{_value(r.best_at_budget)}</td><td>{reach}</td></tr>")
-    return f"<div class='scroll'><table id='comparison'>{head}{''.join(rows)}</table></div>"
-
-
-def comparison_notes(cmp: Comparison) -> str:
-    notes = [f"Times are in {cmp.unit}. A trial's device time is its <code>train_seconds + prep_seconds</code>; "
-             "trials are taken in the order they finished, and only complete trials can set a new best. Saved % is "
-             "the time saved by pruning over spent + saved; it is estimated as in the single-study report (each "
-             "pruned trial's training time scaled up to a full run). The last column is the time a study spent "
-             f"until its best came within {REACH_TOLERANCE:g} of the best value any compared study found."]
-    for r in cmp.studies:
-        if r.untimed_trials:
-            notes.append(f"{escape(r.label)}: {r.untimed_trials} finished trial(s) recorded no train_seconds or "
-                         "prep_seconds (a duplicate suggestion, a failure, an older mainrun); they count as 0.")
-        if r.unfinished_trials:
-            notes.append(f"{escape(r.label)}: {r.unfinished_trials} trial(s) had not finished yet and are left out.")
-        if "?" in (r.sampler, r.pruner):
-            notes.append(f"{escape(r.label)}: the study does not record its sampler or pruner.")
-    return "".join(f"<p>{n}</p>" for n in notes)
-
-
 def build_comparison(storage_url: str, study_names: list[str], out_dir: str | Path) -> Path:
     """Write out_dir/compare.html and out_dir/compare.png comparing the studies; return the HTML path."""
     cmp = compare_studies([open_study_readonly(storage_url, name) for name in study_names])
     out = output_folder(out_dir)
     png = write_comparison_png(cmp, out / "compare.png")
     names = ", ".join(r.name for r in cmp.studies)
-    body = (f"<h1>Search efficiency: {escape(names)}</h1>"
-            f"<p class='sub'>{escape(redact(storage_url))} · metric {escape(cmp.metric)} "
-            f"({'minimize' if cmp.minimize else 'maximize'})</p>"
-            f"<h2>Verdict</h2><p id='verdict'>{escape(verdict(cmp))}</p>"
-            "<h2>Best value against device time</h2>"
-            f"<div class='plot'>{plot_div(comparison_figure(cmp), 'plot-compare')}</div>"
-            f"<h2>Numbers</h2>{comparison_table(cmp)}{comparison_notes(cmp)}"
-            f"<p>PNG copy (matplotlib): <a href='{escape(png.name)}'>{escape(png.name)}</a></p>")
     page = out / "compare.html"
-    page.write_text(html_page(f"mainrun comparison: {names}", body), encoding="utf-8")
+    page.write_text(render_page("compare.html.j2", f"mainrun comparison: {names}", cmp=cmp, names=names,
+                                storage=redact(storage_url), verdict=verdict(cmp),
+                                plot=plot_div(comparison_figure(cmp), "plot-compare"), tolerance=REACH_TOLERANCE,
+                                png=png.name), encoding="utf-8")
     return page

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .errors import ConfigError, YamlError
+
 HUB_DATASET = "julien040/hacker-news-posts"
 
 # Fields the Mainrun rules fix. They keep their defaults unless `mainrun_rules: false`.
@@ -47,10 +49,6 @@ PRESETS: dict[str, dict[str, Any]] = {
                    "lr": 1e-3, "beta1": 0.9, "beta2": 0.95, "weight_decay": 0.01,
                    "schedule": "warmup_cosine", "warmup_steps": 100},
 }
-
-
-class ConfigError(ValueError):
-    """A run configuration (or the file it came from) is invalid. The message names the key."""
 
 
 @dataclass
@@ -338,10 +336,6 @@ def _coerce(name: str, value: Any, kind: Any) -> Any:
 _FIELD_TYPES = typing.get_type_hints(RunConfig)
 
 
-class YamlError(ConfigError):
-    """A YAML file could not be read or parsed safely."""
-
-
 class _StrictLoader(yaml.SafeLoader):
     """safe_load semantics, plus: duplicate keys are an error, and anchors/aliases are refused
     (a 'billion laughs' file can otherwise expand to gigabytes)."""
@@ -400,6 +394,11 @@ def parse_overrides(pairs: list[str], flag: str) -> dict[str, Any]:
 
 
 def load_yaml_file(path: str | Path) -> Any:
+    return parse_yaml_text(read_yaml_text(path), str(path))
+
+
+def read_yaml_text(path: str | Path) -> str:
+    """The text of a mainrun YAML file; a missing, unreadable, huge or non-UTF-8 file is a YamlError."""
     path = Path(path)
     try:
         raw = path.read_bytes()
@@ -412,8 +411,7 @@ def load_yaml_file(path: str | Path) -> Any:
     if len(raw) > MAX_YAML_BYTES:
         raise YamlError(f"{path}: file is larger than {MAX_YAML_BYTES} bytes; this is not a mainrun file")
     try:
-        text = raw.decode("utf-8")
+        return raw.decode("utf-8")
     except UnicodeDecodeError:
         raise YamlError(f"{path}: not a UTF-8 text file") from None
-    return parse_yaml_text(text, str(path))
 

@@ -22,16 +22,13 @@ from urllib.parse import urlparse
 import numpy as np
 
 from .config import RunConfig
+from .errors import DataError
 
 EOS, PAD, UNK = "<eos>", "<pad>", "<unk>"
 SPECIAL_TOKENS = [PAD, EOS, UNK]          # Mainrun's order: ids 0, 1, 2
 CACHE_FORMAT = 1                          # bump when the cached files' layout or meaning changes
 LOCAL_FORMATS = {".txt": "text", ".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 ENCODE_CHUNK_TITLES = 2_000               # titles per encode_batch item; any multiple gives identical ids
-
-
-class DataError(Exception):
-    """The dataset cannot be loaded or is unusable. The message says what to do."""
 
 
 # ---------------------------------------------------------------------- titles

@@ -8,7 +8,6 @@ trials and the study's totals, including an estimate of the GPU time that prunin
 """
 from __future__ import annotations
 
-import datetime as _dt
 import html
 import math
 import re
@@ -21,15 +20,16 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import is_number
-from .search import (METRIC, SearchError, display_params, export_command, open_study_readonly, redact,
-                     version)
+from .errors import SearchError
+from .export import export_command
+from .formats import duration
+from .pages import PNG_DPI, output_folder, plot_div, render_page
+from .search.study import METRIC, best_trial, display_params
+from .storage import open_study_readonly, redact
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
 # trials with all of them; with a handful of trials that is noise).
 MIN_TRIALS_FOR_IMPORTANCE = 5
-PLOT_HEIGHT = "520px"
-PNG_DPI = 110
 
 # The highlighted trials and the two groups of the intermediate-values plot.
 BASELINE_COLOR, BEST_COLOR = "#ff7f0e", "#d62728"
@@ -53,6 +53,11 @@ class Totals:
     @property
     def spent_seconds(self) -> float:
         return self.train_seconds + self.prep_seconds
+
+    @property
+    def saving_unknown(self) -> bool:
+        """Every pruned trial lacks what its full run's length would have been."""
+        return bool(self.counts["pruned"]) and self.unestimated == self.counts["pruned"]
 
 
 def compute_totals(trials: list[FrozenTrial]) -> Totals:
@@ -134,13 +139,6 @@ def as_number(value: Any) -> float:
 
 def find_baseline(trials: list[FrozenTrial]) -> FrozenTrial | None:
     return next((t for t in trials if t.user_attrs.get("enqueued_as") == "baseline"), None)
-
-
-def best_trial(study: optuna.Study) -> FrozenTrial | None:
-    try:
-        return study.best_trial
-    except ValueError:                      # no complete trial yet
-        return None
 
 
 # ---------------------------------------------------------------------- figures
@@ -315,81 +313,25 @@ def write_pngs(study: optuna.Study, out: Path, by_number: dict[int, FrozenTrial]
 
 
 # ---------------------------------------------------------------------- the page
-CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, "Helvetica Neue", Arial, sans-serif;
-       margin: 0 auto; max-width: 1280px; padding: 1rem 2rem 3rem; color: #222; }
-h1 { margin-bottom: .2rem; } h2 { margin-top: 2.2rem; border-bottom: 1px solid #ddd; padding-bottom: .2rem; }
-.sub { color: #666; margin-top: 0; }
-.cards { display: grid; grid-template-columns: repeat(auto-fill, minmax(210px, 1fr)); gap: .8rem; }
-.card { border: 1px solid #ddd; border-radius: 8px; padding: .6rem .9rem; background: #fafafa; }
-.card .v { font-size: 1.45rem; font-weight: 600; } .card .k { color: #555; font-size: .9rem; }
-table { border-collapse: collapse; font-size: .88rem; width: 100%; }
-th, td { border-bottom: 1px solid #e4e4e4; padding: .3rem .5rem; text-align: right; white-space: nowrap; }
-th { background: #f3f3f3; position: sticky; top: 0; } td.l, th.l { text-align: left; }
-tr.best td { background: #fde8e8; } tr.baseline td { background: #fff1e0; }
-.scroll { overflow-x: auto; } pre { background: #f6f8fa; padding: .8rem 1rem; border-radius: 6px; overflow-x: auto; }
-.note { color: #7a5b00; background: #fff8e1; border: 1px solid #f0dc9c; padding: .5rem .8rem; border-radius: 6px; }
-.plot { margin: .6rem 0 1.4rem; } code { background: #f2f2f2; padding: 0 .2rem; border-radius: 3px; }
-footer { margin-top: 3rem; color: #777; font-size: .85rem; }
-"""
-
-
-def escape(value: Any) -> str:
-    return html.escape(str(value), quote=True)
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, bool) or value is None:
-        return str(value)
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
-
-
-def _count(n: Any) -> str:
-    """A parameter count: 27.2M, or 31,012 for a tiny model."""
-    if not is_number(n):
-        return "–"
-    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{int(n):,}"
-
-
-def _megabytes(mb: Any) -> str:
-    """A peak-memory cell: measured on CUDA only, so a CPU trial has none."""
-    if not is_number(mb):
-        return "–"
-    return f"{mb:,.0f}"
-
-
-def _seconds(seconds: float) -> str:
-    s = int(round(seconds))
-    if s >= 3600:
-        return f"{s // 3600}h {s % 3600 // 60:02d}m"
-    return f"{s // 60}m {s % 60:02d}s" if s >= 60 else f"{seconds:.1f}s"
-
-
-def plot_div(fig, div_id: str) -> str:
-    import plotly.io as pio
-    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=div_id, default_height=PLOT_HEIGHT,
-                       config={"displaylogo": False, "responsive": True})
-
-
-def _trial_row(rank: int | str, t: FrozenTrial, columns: list[str], best, baseline) -> str:
-    a = t.user_attrs
-    params = display_params(t)
-    cls = _role(t, best, baseline)
-    label = a.get("enqueued_as", "")
-    if best is not None and t.number == best.number:
-        label = ("best, " + label) if label else "best"
-    n_params = a.get("n_params")
-    cells = [f"<td>{escape(rank)}</td>", f"<td>{t.number}</td>",
-             f"<td>{'' if t.value is None else f'{t.value:.4f}'}</td>", f"<td class='l'>{escape(label)}</td>",
-             f"<td>{as_number(a.get('train_seconds')):.1f}</td>",
-             f"<td>{int(as_number(a.get('tokens_per_second'))):,}</td>",
-             f"<td>{_megabytes(a.get('peak_memory_mb'))}</td>",
-             f"<td>{_count(n_params)}</td>",
-             f"<td>{escape(a.get('steps', '–'))}</td>"]
-    cells += [f"<td>{escape(_fmt(params[c])) if c in params else '–'}</td>" for c in columns]
-    return f"<tr class='{cls}'>" + "".join(cells) + "</tr>"
+def top_rows(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, top: int,
+             best: FrozenTrial | None, baseline: FrozenTrial | None) -> list[dict[str, Any]]:
+    """The top-trials table: the `top` best complete trials, and the baseline below them if it
+    ranks lower."""
+    done = ranked_complete(trials, direction)
+    shown = [(i + 1, t) for i, t in enumerate(done[:top])]
+    numbers = [t.number for t in done]
+    if baseline is not None and baseline.number in numbers[top:]:
+        shown.append((numbers.index(baseline.number) + 1, done[numbers.index(baseline.number)]))
+    rows = []
+    for rank, t in shown:
+        label = t.user_attrs.get("enqueued_as", "")
+        if best is not None and t.number == best.number:
+            label = ("best, " + label) if label else "best"
+        rows.append({"rank": rank, "trial": t, "role": _role(t, best, baseline), "label": label,
+                     "train_seconds": as_number(t.user_attrs.get("train_seconds")),
+                     "tokens_per_second": int(as_number(t.user_attrs.get("tokens_per_second"))),
+                     "params": display_params(t)})
+    return rows
 
 
 def ranked_complete(trials: list[FrozenTrial], direction: optuna.study.StudyDirection) -> list[FrozenTrial]:
@@ -397,47 +339,22 @@ def ranked_complete(trials: list[FrozenTrial], direction: optuna.study.StudyDire
     return sorted(done, key=lambda t: t.value, reverse=direction == optuna.study.StudyDirection.MAXIMIZE)
 
 
-def top_trials_table(trials: list[FrozenTrial], direction: optuna.study.StudyDirection, top: int,
-                     best, baseline) -> str:
-    done = ranked_complete(trials, direction)
-    shown_rows = [(i + 1, t) for i, t in enumerate(done[:top])]
-    numbers = [t.number for t in done]
-    if baseline is not None and baseline.number in numbers[top:]:
-        shown_rows.append((numbers.index(baseline.number) + 1, done[numbers.index(baseline.number)]))
-    if not shown_rows:
-        return "<p class='note'>No complete trial yet.</p>"
-    columns: list[str] = []
-    for _, t in shown_rows:
-        for name in display_params(t):
-            if name not in columns:
-                columns.append(name)
-    head = ("<tr><th>rank</th><th>trial</th><th>" + escape(METRIC) + "</th><th class='l'>label</th>"
-            "<th>train s</th><th>tokens/s</th><th>peak MiB</th><th>model params</th><th>steps</th>"
-            + "".join(f"<th>{escape(c)}</th>" for c in columns) + "</tr>")
-    rows = "".join(_trial_row(rank, t, columns, best, baseline) for rank, t in shown_rows)
-    return f"<div class='scroll'><table>{head}{rows}</table></div>"
-
-
-def all_trials_table(trials: list[FrozenTrial]) -> str:
+def all_rows(trials: list[FrozenTrial]) -> list[dict[str, Any]]:
+    """The all-trials table: a pruned or failed trial shows its last reported value."""
     rows = []
     for t in trials:
-        a = t.user_attrs
         last = t.intermediate_values[max(t.intermediate_values)] if t.intermediate_values else None
-        value = t.value if t.value is not None else last
-        reason = a.get("prune_reason") or a.get("fail_reason") or ""
-        rows.append(f"<tr class='{t.state.name.lower()}'><td>{t.number}</td><td class='l'>{t.state.name.lower()}</td>"
-                    f"<td>{'' if value is None else f'{value:.4f}'}</td><td>{len(t.intermediate_values)}</td>"
-                    f"<td>{escape(a.get('steps', '–'))}</td><td>{as_number(a.get('train_seconds')):.1f}</td>"
-                    f"<td class='l'>{escape(a.get('enqueued_as', ''))}</td><td class='l'>{escape(reason)}</td></tr>")
-    head = ("<tr><th>trial</th><th class='l'>state</th><th>" + escape(METRIC) + " (last)</th><th>evaluations</th>"
-            "<th>steps</th><th>train s</th><th class='l'>enqueued as</th><th class='l'>prune / fail reason</th></tr>")
-    return f"<div class='scroll'><table>{head}{''.join(rows)}</table></div>"
+        rows.append({"trial": t, "state": t.state.name.lower(), "value": t.value if t.value is not None else last,
+                     "train_seconds": as_number(t.user_attrs.get("train_seconds")),
+                     "reason": t.user_attrs.get("prune_reason") or t.user_attrs.get("fail_reason") or ""})
+    return rows
 
 
-def totals_cards(totals: Totals, best, baseline) -> str:
+def totals_cards(totals: Totals, best: FrozenTrial | None, baseline: FrozenTrial | None) -> list[tuple[str, Any]]:
+    """(what, value) for each card of the totals."""
     c = totals.counts
-    cards = [("trials", sum(c.values())), ("complete", c["complete"]), ("pruned", c["pruned"]),
-             ("failed", c["fail"])]
+    cards: list[tuple[str, Any]] = [("trials", sum(c.values())), ("complete", c["complete"]),
+                                    ("pruned", c["pruned"]), ("failed", c["fail"])]
     if c["running"] or c["waiting"]:
         cards.append(("running / waiting", f"{c['running']} / {c['waiting']}"))
     if best is not None:
@@ -446,43 +363,16 @@ def totals_cards(totals: Totals, best, baseline) -> str:
         cards.append((f"baseline {METRIC} (trial {baseline.number})", f"{baseline.value:.4f}"))
     u = totals.unit
     cards.append((f"{u} spent (train + prep)", f"{totals.spent_seconds:,.0f}"))
-    unknown = totals.counts["pruned"] and totals.unestimated == totals.counts["pruned"]
-    cards.append((f"{u} saved by pruning (estimate)", "–" if unknown else f"{totals.saved_seconds:,.0f}"))
+    cards.append((f"{u} saved by pruning (estimate)", "–" if totals.saving_unknown else f"{totals.saved_seconds:,.0f}"))
     if totals.wall_seconds is not None:
-        cards.append(("wall clock, first start to last finish", _seconds(totals.wall_seconds)))
-    body = "".join(f"<div class='card'><div class='v'>{escape(v)}</div><div class='k'>{escape(k)}</div></div>"
-                   for k, v in cards)
-    lines = [f"Spent: {totals.spent_seconds:,.0f} {u} = {totals.train_seconds:,.0f} s training + "
-             f"{totals.prep_seconds:,.0f} s data preparation, summed over all trials "
-             f"(parallel workers count separately; devices: {', '.join(totals.devices) or 'unknown'})."]
-    if totals.counts["fail"]:
-        lines.append(f"{totals.counts['fail']} failed trial(s) (interrupted, out of memory, refused, ...) record no "
-                     "time and count as 0 here.")
-    if not totals.counts["pruned"]:
-        lines.append("No trial was pruned, so pruning saved nothing.")
-    elif unknown:
-        lines.append("No pruned trial records how many steps its full run has, and no complete trial says it, "
-                     "so the time saved by pruning cannot be estimated.")
-    else:
-        whole = totals.spent_seconds + totals.saved_seconds
-        would = totals.pruned_seconds + totals.saved_seconds
-        lines.append(
-            f"Saved by pruning (estimate): {totals.saved_seconds:,.0f} {u}. For each pruned trial, the time per "
-            f"step after its setup (optimizer, graph capture or compilation, step 1 and its scoring, paid once) "
-            f"times the steps it did not run, <code>(train_seconds − setup_seconds) / (steps − 1) × (max_steps − "
-            f"steps)</code>; for a trial recorded without setup_seconds, <code>train_seconds × (max_steps / steps − "
-            f"1)</code>. The pruned trials trained for {totals.pruned_seconds:,.0f} s of the ~{would:,.0f} s "
-            f"their full runs would have taken ({percent(totals.saved_seconds, would)} saved); without pruning the "
-            f"whole search would have needed ~{whole:,.0f} {u}; pruning saved {percent(totals.saved_seconds, whole)} "
-            "of that.")
-        if totals.unestimated:
-            lines.append(f"{totals.unestimated} pruned trial(s) record neither their full run's steps nor a "
-                         "complete trial of their shape, and are left out of the estimate.")
-    return f"<div class='cards'>{body}</div>" + "".join(f"<p>{line}</p>" for line in lines)
+        cards.append(("wall clock, first start to last finish", duration(totals.wall_seconds)))
+    return cards
 
 
-def percent(part: float, whole: float) -> str:
-    return f"{100 * part / whole:.0f}%" if whole > 0 else "-"
+def has_curves(trials) -> bool:
+    """Whether Optuna's intermediate-values plot has anything to draw: it leaves failed trials out."""
+    drawn = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
+    return any(t.intermediate_values for t in trials if t.state in drawn)
 
 
 # ---------------------------------------------------------------------- the report
@@ -501,110 +391,58 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     n_complete = totals.counts["complete"]
     target_name = study.metric_names[0] if study.metric_names else METRIC
 
-    sections: list[str] = []
-    plots: list[tuple[str, str, str | None]] = []
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
-        if n_complete:
-            plots.append(("Optimisation history", plot_div(history_figure(study, baseline, target_name),
-                                                            "plot-history"), None))
-        else:
-            plots.append(("Optimisation history", "", "No complete trial yet."))
-        if has_curves(trials):
-            plots.append(("Intermediate validation loss", plot_div(
-                intermediate_figure(study, by_number, best, baseline), "plot-intermediate"),
-                "Every trial's reported val_loss by evaluation. Pruned trials are dotted grey and end where "
-                "the pruner stopped them; the baseline (orange) and the best trial (red) are drawn thick."))
-        else:
-            plots.append(("Intermediate validation loss", "", "No complete, pruned or running trial reported "
-                          "intermediate values (failed trials are not drawn)."))
-        fig, why_not = importance_figures(study, n_complete, target_name)
-        plots.append(("Parameter importances (PED-ANOVA)", plot_div(fig, "plot-importance") if fig else "",
-                      why_not or "optuna.importance.PedAnovaImportanceEvaluator over the complete trials: how much "
-                                 "each parameter's distribution differs between the top 10% and all trials."))
-        if n_complete:
-            import optuna.visualization as vis
-            try:
-                div, note = plot_div(vis.plot_parallel_coordinate(study, target_name=target_name), "plot-parallel"), \
-                    "Complete trials; an ordered-values parameter (name_index) is shown as its index."
-            except Exception as e:  # e.g. no parameters at all
-                div, note = "", f"The parallel-coordinates plot could not be drawn: {type(e).__name__}: {e}"
-            plots.append(("Parallel coordinates", div, note))
+        plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
 
-    attrs = study.user_attrs
-    header = (f"<h1>Study <code>{escape(study.study_name)}</code></h1>"
-              f"<p class='sub'>{escape(redact(storage_url))} · space {escape(attrs.get('space_file', '?'))} · dataset "
-              f"{escape(attrs.get('dataset', '?'))} · metric {escape(target_name)} ({study.direction.name.lower()})</p>")
-    sections.append("<h2>Totals</h2>" + totals_cards(totals, best, baseline))
-
-    if best is not None:
-        cfg = best.user_attrs.get("config")
-        export = export_command(storage_url, study.study_name)
-        if cfg:
-            text = (f"# best trial {best.number} of study '{study.study_name}': {target_name} {best.value:.6f}\n"
-                    + yaml.safe_dump(cfg, sort_keys=False))
-            sections.append(f"<h2>Best config (trial {best.number}, {target_name} {best.value:.6f})</h2>"
-                            f"<pre id='best-config'>{escape(text)}</pre>"
-                            f"<p>Export and train it: <code>{escape(export)}</code></p>")
-        else:
-            sections.append(f"<h2>Best trial {best.number}</h2><p class='note'>It recorded no config.</p>")
-    else:
-        sections.append("<h2>Best config</h2><p class='note'>No complete trial yet.</p>")
-
-    for title, div, note in plots:
-        sections.append(f"<h2>{escape(title)}</h2>" + (f"<p{'' if div else ' class=note'}>{escape(note)}</p>" if note else "")
-                        + (f"<div class='plot'>{div}</div>" if div else ""))
-
-    baseline_below = baseline is not None and \
-        baseline.number in [t.number for t in ranked_complete(trials, study.direction)[top:]]
-    sections.append(f"<h2>Top trials</h2><p>The {min(top, n_complete)} best complete trials"
-                    + (" and, below them, the baseline" if baseline_below else "")
-                    + ". Ordered-values parameters show the value, not the index.</p>"
-                    + top_trials_table(trials, study.direction, top, best, baseline))
-    sections.append(f"<h2>All trials</h2><details><summary>{len(trials)} trials</summary>"
-                    f"{all_trials_table(trials)}</details>")
-    if pngs:
-        links = " · ".join(f"<a href='{escape(p.name)}'>{escape(p.name)}</a>" for p in pngs)
-        sections.append(f"<p>PNG copies (matplotlib): {links}</p>")
-
+    best_yaml = None
+    if best is not None and best.user_attrs.get("config"):
+        best_yaml = (f"# best trial {best.number} of study '{study.study_name}': {target_name} {best.value:.6f}\n"
+                     + yaml.safe_dump(best.user_attrs["config"], sort_keys=False))
+    rows = top_rows(trials, study.direction, top, best, baseline)
+    columns = list(dict.fromkeys(name for row in rows for name in row["params"]))
     index = out / "index.html"
-    index.write_text(html_page(f"mainrun report: {study.study_name}", header + "".join(sections)), encoding="utf-8")
+    index.write_text(render_page(
+        "report.html.j2", f"mainrun report: {study.study_name}", study=study, storage=redact(storage_url),
+        metric=METRIC, target_name=target_name, totals=totals, cards=totals_cards(totals, best, baseline),
+        best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
+        shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
+        columns=columns, all_rows=all_rows(trials), pngs=pngs), encoding="utf-8")
     return index
 
 
-def output_folder(out_dir: str | Path) -> Path:
-    """The --out folder, created; a file of that name, or a folder that cannot be made, is a
-    SearchError."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SearchError(f"--out {out}: exists and is not a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise SearchError(f"--out {out}: cannot create it ({e.strerror or e})") from None
-    return out
+def _plots(study: optuna.Study, trials: list[FrozenTrial], by_number: dict[int, FrozenTrial],
+           best: FrozenTrial | None, baseline: FrozenTrial | None, n_complete: int,
+           target_name: str) -> list[tuple[str, Any, str | None]]:
+    """(title, plot div or "", note) for each plot of the page."""
+    plots: list[tuple[str, Any, str | None]] = []
+    if n_complete:
+        plots.append(("Optimisation history", plot_div(history_figure(study, baseline, target_name),
+                                                        "plot-history"), None))
+    else:
+        plots.append(("Optimisation history", "", "No complete trial yet."))
+    if has_curves(trials):
+        plots.append(("Intermediate validation loss", plot_div(
+            intermediate_figure(study, by_number, best, baseline), "plot-intermediate"),
+            "Every trial's reported val_loss by evaluation. Pruned trials are dotted grey and end where "
+            "the pruner stopped them; the baseline (orange) and the best trial (red) are drawn thick."))
+    else:
+        plots.append(("Intermediate validation loss", "", "No complete, pruned or running trial reported "
+                      "intermediate values (failed trials are not drawn)."))
+    fig, why_not = importance_figures(study, n_complete, target_name)
+    plots.append(("Parameter importances (PED-ANOVA)", plot_div(fig, "plot-importance") if fig else "",
+                  why_not or "optuna.importance.PedAnovaImportanceEvaluator over the complete trials: how much "
+                             "each parameter's distribution differs between the top 10% and all trials."))
+    if n_complete:
+        import optuna.visualization as vis
+        try:
+            div, note = plot_div(vis.plot_parallel_coordinate(study, target_name=target_name), "plot-parallel"), \
+                "Complete trials; an ordered-values parameter (name_index) is shown as its index."
+        except Exception as e:  # e.g. no parameters at all
+            div, note = "", f"The parallel-coordinates plot could not be drawn: {type(e).__name__}: {e}"
+        plots.append(("Parallel coordinates", div, note))
+    return plots
 
 
-def has_curves(trials) -> bool:
-    """Whether Optuna's intermediate-values plot has anything to draw: it leaves failed trials out."""
-    drawn = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.RUNNING)
-    return any(t.intermediate_values for t in trials if t.state in drawn)
-
-
-def html_page(title: str, body: str) -> str:
-    """A whole page around `body`: the CSS and plotly.js inlined, a footer; no network needed."""
-    from plotly.offline import get_plotlyjs
-
-    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M")
-    return ("<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
-            "<meta name='viewport' content='width=device-width, initial-scale=1'>"
-            f"<title>{escape(title)}</title><style>{CSS}</style>"
-            f"<script type='text/javascript'>{get_plotlyjs()}</script></head><body>"
-            + body
-            + f"<footer>Made by mainrun-report (mainrun {escape(version())}, optuna {escape(optuna.__version__)}) on {now}. "
-              "This page needs no network.</footer></body></html>\n")
-
-
-__all__ = ["build_report", "compute_totals", "html_page", "open_study_readonly", "output_folder"]
+__all__ = ["build_report", "compute_totals", "output_folder"]

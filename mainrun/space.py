@@ -23,8 +23,6 @@ naming the file and the key.
 from __future__ import annotations
 
 import hashlib
-import importlib
-import inspect
 import itertools
 import json
 import math
@@ -36,8 +34,11 @@ from typing import Any
 
 import optuna
 
-from .config import (LEGACY_KEYS, MAINRUN_FIXED, PRESETS, ConfigError, RunConfig, check_field, is_int, is_number,
-                     load_yaml_file, migrate_legacy_keys)
+from .config import (LEGACY_KEYS, MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number,
+                     migrate_legacy_keys, parse_yaml_text, read_yaml_text)
+from .errors import ConfigError, SpaceError
+from .policy import (DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, make_pruner, make_sampler, missing_package,
+                     parse_policy)
 
 VIRTUAL = {"head_dim": int}        # sampled, but not a config field: n_head = d_model // head_dim
 # Read only by the data preparation, which runs once per study from the base config (tokenizer
@@ -56,31 +57,6 @@ MAX_VALIDATION_COMBOS = 4000
 # for a log range) counts as at the edge: TPE rarely samples an end exactly.
 EDGE_FRACTION = 0.05
 
-# What a space file that names no sampler / pruner gets.
-DEFAULT_SAMPLER, DEFAULT_PRUNER = "tpe", "median"
-SAMPLERS = {
-    "tpe": (optuna.samplers.TPESampler, {"multivariate": True, "constant_liar": True}),
-    "random": (optuna.samplers.RandomSampler, {}),
-    "cmaes": (optuna.samplers.CmaEsSampler, {}),
-    "gp": (optuna.samplers.GPSampler, {}),
-    "grid": (optuna.samplers.GridSampler, {}),
-}
-# Packages a sampler imports only when it first samples, i.e. mid-search: checked at load.
-SAMPLER_NEEDS = {"cmaes": ("cmaes",), "gp": ("scipy", "torch")}
-# Pruner steps are evaluation indices (0 = step 1, then every batches_per_epoch // 3 steps):
-# about the same progress points for every trial whatever its batch size. Warm-up 3 = the
-# first epoch (to within a step or two when the batches per epoch are not a multiple of 3).
-PRUNERS = {
-    "median": (optuna.pruners.MedianPruner, {"n_startup_trials": 5, "n_warmup_steps": 3}),
-    "percentile": (optuna.pruners.PercentilePruner, {"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": 3}),
-    "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 3}),
-    "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 3}),
-    "none": (optuna.pruners.NopPruner, {}),
-}
-
-
-class SpaceError(ConfigError):
-    """The search-space file is invalid. The message names the file and the key."""
 
 
 @dataclass
@@ -285,25 +261,18 @@ class SearchSpace:
 
     # ---------------------------------------------------------------- study policy
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:
-        name = self.sampler["name"]
-        cls, defaults = SAMPLERS[name]
-        options = {**defaults, **{k: v for k, v in self.sampler.items() if k != "name"}}
-        if name == "grid":
-            options["search_space"] = self.grid_space()
-        if "seed" in inspect.signature(cls).parameters and seed is not None:
-            options["seed"] = seed
-        return cls(**options)
+        grid = self.grid_space() if self.sampler["name"] == "grid" else None
+        return make_sampler(self.sampler, seed, grid)
 
     def make_pruner(self) -> optuna.pruners.BasePruner:
-        cls, defaults = PRUNERS[self.pruner["name"]]
-        return cls(**{**defaults, **{k: v for k, v in self.pruner.items() if k != "name"}})
+        return make_pruner(self.pruner)
 
     def with_policy(self, sampler: str | None = None, pruner: str | None = None) -> "SearchSpace":
         """This space with its sampler and/or pruner replaced by a named default (the command
         line's --sampler/--pruner). The policy is part of the space's identity (sha256)."""
         space = replace(self, sampler={"name": sampler} if sampler else self.sampler,
                                     pruner={"name": pruner} if pruner else self.pruner)
-        if sampler and (missing := _missing_package(sampler)):
+        if sampler and (missing := missing_package(sampler)):
             raise SpaceError(f"{self.path}: --sampler {sampler}: {missing}")
         if space.sampler["name"] == "grid":
             space.grid_space()
@@ -330,9 +299,8 @@ class SearchSpace:
 # ---------------------------------------------------------------------- parsing
 def load_space(path: str | Path, sampler: str | None = None, pruner: str | None = None) -> SearchSpace:
     """The space file, validated; `sampler`/`pruner` (names) replace the file's policy."""
-    data = load_yaml_file(path)
-    text = Path(path).read_text(encoding="utf-8")
-    return parse_space(data, str(path), text).with_policy(sampler, pruner)
+    text = read_yaml_text(path)              # read once: the text recorded is the text parsed
+    return parse_space(parse_yaml_text(text, str(path)), str(path), text).with_policy(sampler, pruner)
 
 
 def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace:
@@ -373,8 +341,8 @@ def parse_space(data: Any, source: str = "space", text: str = "") -> SearchSpace
         params.append(_parse_param(str(name), spec, hints, config_fields, fixed, params, err))
     _check_coupling(params, err)
 
-    sampler = _parse_policy(data.get("sampler"), "sampler", SAMPLERS, DEFAULT_SAMPLER, err)
-    pruner = _parse_policy(data.get("pruner"), "pruner", PRUNERS, DEFAULT_PRUNER, err)
+    sampler = parse_policy(data.get("sampler"), "sampler", SAMPLERS, DEFAULT_SAMPLER, err)
+    pruner = parse_policy(data.get("pruner"), "pruner", PRUNERS, DEFAULT_PRUNER, err)
     space = SearchSpace(path=source, params=params, fixed=fixed, sampler=sampler, pruner=pruner, enqueue=[],
                         description=description, cpu_ok=cpu_ok, text=text)
     if sampler["name"] == "grid":
@@ -611,62 +579,6 @@ def _check_all_runnable(space: SearchSpace, base: RunConfig, err) -> None:
     cannot run."""
     for values in space.corners(base):
         _build(space, values, base, err)
-
-
-def _parse_policy(raw: Any, key: str, table: dict, default: str, err) -> dict[str, Any]:
-    if raw is None:
-        return {"name": default}
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if not isinstance(raw, dict):
-        raise err(key, f"must be a name ({', '.join(table)}) or a mapping with 'name' and options")
-    name = raw.get("name", default)
-    if name not in table:
-        raise err(f"{key}.name", f"unknown {key} {name!r}; known: {', '.join(table)}")
-    if key == "sampler" and (missing := _missing_package(name)):
-        raise err(f"{key}.name", missing)
-    cls, defaults = table[name]
-    signature = inspect.signature(cls).parameters
-    accepted = set(signature) - {"seed", "search_space"}
-    for option in raw:
-        if option != "name" and option not in accepted:
-            raise err(f"{key}.{option}", f"not an option of optuna's {cls.__name__} "
-                      f"(options: {', '.join(sorted(accepted)) or 'none'})")
-        if option != "name":
-            _check_option_type(raw[option], signature[option].default, defaults.get(option), f"{key}.{option}", err)
-    try:
-        cls(**{k: v for k, v in raw.items() if k != "name"}, **({"search_space": {"x": [0]}} if name == "grid" else {}))
-    except Exception as e:  # optuna validates its own options; pass its sentence on
-        raise err(key, f"optuna's {cls.__name__} refused these options: {e}") from None
-    return {"name": name, **{k: v for k, v in raw.items() if k != "name"}}
-
-
-def _missing_package(sampler: str) -> str | None:
-    """What to install for `sampler`, if an optional package it imports is missing."""
-    for package in SAMPLER_NEEDS.get(sampler, ()):
-        try:
-            importlib.import_module(package)
-        except ImportError:
-            return f"the {sampler} sampler needs the '{package}' package, which is not installed: pip install {package}"
-    return None
-
-
-def _check_option_type(value: Any, default: Any, ours: Any, key: str, err) -> None:
-    """Optuna checks few option types itself, so a wrong one fails mid-search. The type is the
-    signature default's (or, where that is None or missing, the default we pass)."""
-    if default is None and value is None:
-        return
-    example = ours if default is None or default is inspect.Parameter.empty else default
-    if isinstance(example, bool):
-        ok, what = isinstance(value, bool), "true or false"
-    elif isinstance(example, int):
-        ok, what = is_int(value), "an integer"
-    elif isinstance(example, float):
-        ok, what = is_number(value), "a number"
-    else:
-        return
-    if not ok:
-        raise err(key, f"must be {what}; got {value!r}")
 
 
 def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[tuple[str, dict[str, Any]]]:

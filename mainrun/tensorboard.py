@@ -10,12 +10,13 @@ import time
 from pathlib import Path
 
 from .config import RunConfig
+from .errors import MainrunError
 from .train import RunObserver
 
 INSTALL_HINT = "pip install 'mainrun[tensorboard]' (or: pip install tensorboard)"
 
 
-class TensorBoardError(RuntimeError):
+class TensorBoardError(MainrunError):
     """TensorBoard logging cannot work here: the package is missing or the folder is not writable."""
 
 
@@ -27,7 +28,7 @@ def summary_writer_class():
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
         raise TensorBoardError(f"TensorBoard logging needs the tensorboard package, which is not installed "
-                                 f"({e}): {INSTALL_HINT}") from None
+                               f"({e}): {INSTALL_HINT}") from None
     return SummaryWriter
 
 

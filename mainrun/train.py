@@ -39,20 +39,12 @@ from tqdm import tqdm
 
 from .config import RunConfig
 from .data import Data
+from .errors import DeviceError, ScoringError
 from .model import GPT
 
 # on_eval(eval_index, step, val_loss) -> True to stop the run early.
 EvalCallback = Callable[[int, int, float], "bool | None"]
 FLUSH_EVERY = 32   # steps between reads of the loss buffer (log lines, the train curve and the NaN check)
-
-
-class ScoringError(ValueError):
-    """The validation stream cannot be scored with the configured geometry."""
-
-
-class DeviceError(ValueError):
-    """The requested device is not a device, or not on this machine, or lacks what the config
-    needs on it (a C compiler to compile for CUDA)."""
 
 
 @dataclass

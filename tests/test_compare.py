@@ -105,7 +105,8 @@ def test_compare_says_when_the_studies_values_do_not_compare():
 
 
 def test_compare_pruning_goal_not_met_policy_fallbacks_and_refusals():
-    from mainrun.compare import SearchError, compare_studies, pruning_goal_sentence, study_policy
+    from mainrun.compare import compare_studies, pruning_goal_sentence, study_policy
+    from mainrun.errors import SearchError
     cmp = compare_studies(list(_pruning_and_plain_studies()))
     cmp.studies[0].best_at_budget = 0.5                  # worse than the study without pruning at 36 s
     assert pruning_goal_sentence(cmp).endswith(
@@ -195,3 +196,12 @@ def test_compare_cli_refusals_exit_2(compared, tmp_path, capsys):
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "no study 'nope'" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not out.exists()
+
+
+def test_a_recorded_space_is_read_with_the_strict_loader():
+    """The study's recorded space file is read as every mainrun YAML is: a duplicate key or an alias
+    is not guessed at (safe_load would take the last of two samplers), so the policy is unknown."""
+    from mainrun.compare import study_policy
+    assert study_policy({"space_yaml": "sampler: {name: random}\nsampler: {name: tpe}\n"}) == ("?", "?")
+    assert study_policy({"space_yaml": "base: &b {name: random}\nsampler: *b\n"}) == ("?", "?")
+    assert study_policy({"space_yaml": "sampler: {name: random}\n"}) == ("random", "median")

@@ -342,3 +342,20 @@ def test_the_saving_estimate_pays_setup_once_and_uses_each_trials_own_full_lengt
     assert totals.saved_seconds == pytest.approx(180.0 + 30.0 * (1001 / 101 - 1))
     page = build_report(url, "setup", tmp_path / "out").read_text()
     assert "(train_seconds − setup_seconds) / (steps − 1)" in page
+
+
+def test_what_a_trial_records_is_text_on_the_page_never_markup(tmp_path):
+    """A study is data from elsewhere (another machine's worker, a copied database): a device name
+    holding a script tag must show as text in the totals, not run when the report is opened."""
+    from mainrun.report import build_report
+    url = f"sqlite:///{tmp_path / 'i.db'}"
+    study = optuna.create_study(study_name="inject", storage=url)
+    for value in (2.0, 1.5):
+        trial = study.ask()
+        trial.report(value + 0.5, 0)
+        trial.set_user_attr("device", "<script>alert('device')</script>")
+        trial.set_user_attr("train_seconds", 10.0)
+        study.tell(trial, value)
+    page = build_report(url, "inject", tmp_path / "out").read_text()
+    assert "<script>alert(" not in page
+    assert "devices: &lt;script&gt;alert(" in page

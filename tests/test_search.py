@@ -80,6 +80,14 @@ def test_search_finishes_with_the_requested_trials_and_prunes(smoke_study):
     assert "optuna-dashboard" in proc.stdout and "mainrun-export --study s" in proc.stdout
 
 
+def test_the_search_prints_no_optuna_warnings_or_tracebacks(smoke_study):
+    """The search quiets Optuna where it starts (the entry point, each worker): its experimental
+    flags on heartbeats and metric names, and the traceback of a trial failure it says in one line."""
+    _, proc = smoke_study
+    assert "ExperimentalWarning" not in proc.stderr and "Traceback" not in proc.stdout + proc.stderr
+    assert "[I " not in proc.stderr                       # optuna's INFO lines ("Trial 3 finished ...")
+
+
 def test_trials_record_params_attrs_and_artifacts(smoke_study):
     tmp, _ = smoke_study
     study = load(tmp, "s")
@@ -287,8 +295,8 @@ def _open_study_inputs(tmp_path, titles_file):
     """What open_study takes for the smoke space: the space, its base config, the prepared data
     and a fresh SQLite storage."""
     from mainrun.data import prepare_data
-    from mainrun.search import StorageSettings, open_storage
     from mainrun.space import load_space
+    from mainrun.storage import StorageSettings, open_storage
     smoke = load_space(str(SMOKE))
     base = RunConfig.from_dict({**smoke.fixed, "dataset": str(titles_file)})
     data = prepare_data(base, tmp_path / "cache", log=lambda _m: None)
@@ -299,19 +307,19 @@ def test_a_study_interrupted_while_being_created_is_removed_so_the_command_rerun
                                                                                   monkeypatch):
     """Ctrl-C after create_study but before the identity is written left a study that the same
     command then waited for and refused ("never completed"). The creator removes it instead."""
-    import mainrun.search
-    from mainrun.search import open_study
+    import mainrun.search.study
+    from mainrun.search.study import open_study
     smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
 
     def interrupted(*_args):                  # where a Ctrl-C can land: after the trials are enqueued
         raise KeyboardInterrupt
     with monkeypatch.context() as patch:
-        patch.setattr(mainrun.search, "_save_dashboard_note", interrupted)
+        patch.setattr(mainrun.search.study, "_save_dashboard_note", interrupted)
         with pytest.raises(KeyboardInterrupt):
             open_study(smoke, storage, "s", data, base, echo=lambda _m: None)
     assert [s.study_name for s in optuna.get_all_study_summaries(storage, include_best_trial=False)] == []
     said: list[str] = []
-    monkeypatch.setattr(mainrun.search, "IDENTITY_WAIT", 1.0)      # were it left, the rerun would wait, then fail
+    monkeypatch.setattr(mainrun.search.study, "IDENTITY_WAIT", 1.0)      # were it left, the rerun would wait, then fail
     study = open_study(smoke, storage, "s", data, base, echo=said.append)
     assert said == [f"search: created study 's' with {len(smoke.enqueue)} enqueued trials"]
     assert study.user_attrs["space_sha256"] == smoke.sha256
@@ -320,8 +328,8 @@ def test_a_study_interrupted_while_being_created_is_removed_so_the_command_rerun
 def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tmp_path, titles_file, monkeypatch):
     """The clean-up runs against the same database that may have failed; its own error must not
     replace the one that stopped the creation, and the study left behind is named."""
-    import mainrun.search
-    from mainrun.search import open_study
+    import mainrun.search.study
+    from mainrun.search.study import open_study
     smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
 
     def interrupted(*_args):
@@ -329,7 +337,7 @@ def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tm
 
     def unreachable(**_kwargs):                 # as when the database went away mid-creation
         raise ConnectionError("server closed the connection")
-    monkeypatch.setattr(mainrun.search, "_save_dashboard_note", interrupted)
+    monkeypatch.setattr(mainrun.search.study, "_save_dashboard_note", interrupted)
     monkeypatch.setattr(optuna, "delete_study", unreachable)
     said: list[str] = []
     with pytest.raises(KeyboardInterrupt):
@@ -342,11 +350,13 @@ def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tm
 def test_new_study_resumes_the_first_matching_name_past_gaps_and_bare_studies(tmp_path, titles_file, monkeypatch):
     """--new-study picks the first NAME-k made from these inputs, wherever it is; a NAME-k that
     was never completed is skipped without waiting; only with no match is a free name started."""
-    import mainrun.search
+    import mainrun.search.study
     from mainrun.data import prepare_data
-    from mainrun.search import SearchError, StorageSettings, open_storage, open_study
+    from mainrun.errors import SearchError
+    from mainrun.search.study import open_study
     from mainrun.space import load_space
-    monkeypatch.setattr(mainrun.search, "IDENTITY_WAIT", 30.0)     # s-2 must not be waited on at all
+    from mainrun.storage import StorageSettings, open_storage
+    monkeypatch.setattr(mainrun.search.study, "IDENTITY_WAIT", 30.0)     # s-2 must not be waited on at all
     other = tmp_path / "other.yaml"
     spec = yaml.safe_load(SMOKE.read_text())
     spec["params"]["lr"]["high"] = 0.05
@@ -374,11 +384,13 @@ def test_new_study_resumes_the_first_matching_name_past_gaps_and_bare_studies(tm
 def test_a_study_that_was_never_completed_is_refused_after_a_wait(tmp_path, titles_file, monkeypatch):
     """A study of that name without mainrun's identity (made by another tool, or its creator
     stopped at once) is neither trusted as matching nor waited on forever."""
-    import mainrun.search
-    from mainrun.search import SearchError, SearchOptions, StorageSettings, run_search
+    import mainrun.search.study
+    from mainrun.errors import SearchError
+    from mainrun.search import SearchOptions, run_search
+    from mainrun.storage import StorageSettings
     url = f"sqlite:///{tmp_path / 'n.db'}"
     optuna.create_study(study_name="bare", storage=url)
-    monkeypatch.setattr(mainrun.search, "IDENTITY_WAIT", 1.0)
+    monkeypatch.setattr(mainrun.search.study, "IDENTITY_WAIT", 1.0)
     with pytest.raises(SearchError, match="'bare' exists but was never completed"):
         run_search(SearchOptions(space=str(SMOKE), trials=1, dataset=str(titles_file), study="bare",
                                  storage=StorageSettings(url)))
@@ -409,7 +421,9 @@ def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, ti
     import torch
 
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search, usable_cpus
+    from mainrun.search import SearchOptions, run_search
+    from mainrun.search.workers import usable_cpus
+    from mainrun.storage import StorageSettings
     real_train, calls, during = mainrun.train.train, [], []
 
     def train_or_oom(cfg, *args, **kwargs):
@@ -443,7 +457,8 @@ def _assert_a_sigterm_in_train_stops_the_search(tmp_path, titles_file, monkeypat
     """A one-worker search whose train() raises SIGTERM: the trial is recorded as interrupted,
     the worker and the search each say so, and the search exits 143."""
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search
+    from mainrun.search import SearchOptions, run_search
+    from mainrun.storage import StorageSettings
     monkeypatch.setattr(mainrun.train, "train", train_with_sigterm)
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 's.db'}"
@@ -510,7 +525,8 @@ def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_p
     import shutil
 
     import mainrun.train
-    from mainrun.search import SearchOptions, StorageSettings, run_search
+    from mainrun.search import SearchOptions, run_search
+    from mainrun.storage import StorageSettings
     real_train, artifacts = mainrun.train.train, tmp_path / "artifacts"
 
     def train_then_lose_the_folder(cfg, *args, **kwargs):
@@ -535,21 +551,49 @@ def test_a_worker_refuses_inputs_changed_since_the_search_started(tmp_path, titl
     since the study was opened, they are refused (exit 2), not trained on."""
     import time as _time
 
-    from mainrun.search import SearchOptions, StorageSettings, WorkerContext, run_worker
+    from mainrun.search import SearchOptions
+    from mainrun.search.objective import SearchObjective
+    from mainrun.search.workers import WorkerContext, run_worker
     from mainrun.space import load_space
+    from mainrun.storage import StorageSettings
     url = f"sqlite:///{tmp_path / 'c.db'}"
     proc = search(tmp_path, "--trials", "1", "--dataset", str(titles_file), "--study", "c", db="c.db")
     assert proc.returncode == 0, proc.stderr
     study = load(tmp_path, "c", db="c.db")
-    base = SearchOptions(space=str(SMOKE), dataset=str(titles_file)).base_config(load_space(str(SMOKE)))
+    space = load_space(str(SMOKE))
+    base = SearchOptions(space=str(SMOKE), dataset=str(titles_file)).base_config(space)
     titles_file.write_text("\n".join(make_titles(1500, seed=7)) + "\n")
-    ctx = WorkerContext(space_path=str(SMOKE), base=base.to_dict(), storage=StorageSettings(url), study_name="c",
-                        trials=2, device="cpu", cache_dir=None, artifacts=str(tmp_path / "artifacts"), seed=None,
-                        worker=0, start_time=_time.time(), finished_at_start=1,
-                        space_sha256=study.user_attrs["space_sha256"], titles_sha256=study.user_attrs["titles_sha256"])
+    ctx = WorkerContext(objective=SearchObjective(space, base, titles_sha256=study.user_attrs["titles_sha256"]),
+                        storage=StorageSettings(url), study_name="c", trials=2, device="cpu",
+                        artifacts=str(tmp_path / "artifacts"), worker=0, start_time=_time.time(), finished_at_start=1)
     assert run_worker(ctx) == 2
     assert f"the dataset {titles_file} changed while the search ran" in capsys.readouterr().out
     assert len(load(tmp_path, "c", db="c.db").trials) == 1
+
+
+def test_a_worker_rereads_the_space_file_and_refuses_only_a_change_of_meaning(tmp_path, titles_file):
+    """A worker checks the space file against the space the search loaded (it carries that space,
+    parsed and validated once): an edit of its comments is no change; a changed range is refused."""
+    import shutil
+
+    from mainrun.data import prepare_data
+    from mainrun.errors import InputsChanged
+    from mainrun.search import SearchOptions
+    from mainrun.search.objective import SearchObjective
+    from mainrun.space import load_space
+    path = tmp_path / "space.yaml"
+    shutil.copy(SMOKE, path)
+    space = load_space(str(path))
+    base = SearchOptions(space=str(path), dataset=str(titles_file)).base_config(space)
+    objective = SearchObjective(space, base, prepare_data(base, log=lambda _m: None).titles_sha256)
+    assert objective.checked_data().titles_sha256 == objective.titles_sha256
+    path.write_text(path.read_text() + "\n# tried on Tuesday\n")
+    assert objective.checked_data().titles_sha256 == objective.titles_sha256
+    spec = yaml.safe_load(path.read_text())
+    spec["params"]["lr"]["high"] = 0.05
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    with pytest.raises(InputsChanged, match=f"the search space file {path} changed while the search ran"):
+        objective.checked_data()
 
 
 def test_a_trial_that_would_not_fit_is_refused_before_it_starts(tmp_path, titles_file):
@@ -687,7 +731,8 @@ def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, 
 
 
 def test_storage_urls_never_show_a_password_and_a_malformed_one_is_a_clear_error():
-    from mainrun.search import SearchError, check_storage_url, redact
+    from mainrun.errors import SearchError
+    from mainrun.storage import check_storage_url, redact
     assert redact("postgresql+psycopg://u:s3cr3t@h/db") == "postgresql+psycopg://u:***@h/db"
     assert redact("postgresql+psycopg://u@h/db?password=s3cr3t") == "postgresql+psycopg://u@h/db?password=***"
     for url in ("postgresql+psycopg://u:p@ss:w/rd@h:1/db", "postgresql+psycopg://u@h:port/db"):

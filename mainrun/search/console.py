@@ -1,0 +1,73 @@
+"""What a search prints: a line per finished trial, the summary at the end, and the commands to
+run next. The control code (study, workers, the search) says its one-line messages through an
+`echo` it is given; this module owns that default and every longer piece of text.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..export import export_command
+from ..formats import clock, param_value
+from ..storage import redact
+from .study import describe_counts, display_params, tally
+
+Echo = Callable[[str], None]
+
+NO_GPU_WARNING = ("!" * 78 + "\n! WARNING: no GPU found. Each trial is a full seven-epoch run; on the CPU a search\n"
+                  "! of this space takes days. Use a machine with a GPU, or search_spaces/smoke.yaml to try it.\n"
+                  + "!" * 78)
+
+
+def say(message: str) -> None:
+    """A line on stdout at once: workers and the search interleave, and a log file is read live."""
+    print(message, flush=True)
+
+
+def worker_echo(worker: int) -> Echo:
+    """What worker `worker` says, marked as its own: [w0] ..."""
+    return lambda message: say(f"[w{worker}] {message}")
+
+
+def params_text(trial: FrozenTrial) -> str:
+    return " ".join(f"{k}={param_value(v, 3)}" for k, v in display_params(trial).items())
+
+
+def trial_line(trial: FrozenTrial, *, best: FrozenTrial | None, finished: int, trials: int, elapsed: float,
+               finished_here: int) -> str:
+    """One finished trial, and where the study stands: its best so far, `finished` of `trials`,
+    the time since this search started and the ETA at the pace of the `finished_here` trials
+    this search finished itself."""
+    best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "best -"
+    eta = clock(elapsed / finished_here * max(trials - finished, 0)) if finished_here else "-"
+    if trial.state == TrialState.COMPLETE:
+        outcome = f"val_loss {trial.value:.4f} complete"
+    elif trial.state == TrialState.PRUNED:
+        last = trial.intermediate_values.get(max(trial.intermediate_values), float("nan")) \
+            if trial.intermediate_values else float("nan")
+        outcome = f"val_loss {last:.4f} pruned at eval {trial.last_step}"
+    else:
+        outcome = f"FAILED ({trial.user_attrs.get('fail_reason', 'see log')})"
+    return (f"trial {trial.number:>3} | {outcome} | {best_text} | {finished}/{trials} finished | "
+            f"{clock(elapsed)} elapsed, ETA {eta} | {params_text(trial)}")
+
+
+def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: int = 5, echo: Echo = say) -> None:
+    """The study's counts, its best complete trials, and the commands to look at it and train its best."""
+    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    echo(f"\nstudy '{study.study_name}': {describe_counts(tally(study))}")
+    if done:
+        echo(f"{'trial':>5}  {'val_loss':>8}  {'train s':>7}  params")
+        for t in done[:top]:
+            echo(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  "
+                 f"{params_text(t)}")
+    echo("\nnext:")
+    echo(f"  {dashboard_command(storage_url, artifacts)}")
+    echo(f"  {export_command(storage_url, study.study_name)}")
+
+
+def dashboard_command(storage_url: str, artifacts: Path) -> str:
+    return f"optuna-dashboard {redact(storage_url)} --host 127.0.0.1 --port 8080 --artifact-dir {artifacts}"

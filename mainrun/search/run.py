@@ -1,0 +1,113 @@
+"""mainrun-search from its options to its exit code: check every input before anything is
+created, prepare the data once, open (or resume) the study, run rounds of workers until it holds
+`--trials` finished trials, print the summary.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import RunConfig
+from ..data import prepare_data
+from ..errors import SearchError
+from ..space import SearchSpace, load_space
+from ..storage import StorageSettings, artifact_dir, check_storage_url, open_storage
+from .console import NO_GPU_WARNING, Echo, dashboard_command, print_summary, say
+from .objective import SearchObjective
+from .study import finished_count, open_study
+from .workers import WorkerContext, optuna_quieted, run_rounds, usable_cpus
+
+
+@dataclass
+class SearchOptions:
+    space: str
+    trials: int = 40
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    study: str | None = None
+    dataset: str | None = None
+    device: str = "auto"
+    jobs: int = 1
+    gpus: list[int] | None = None
+    jobs_per_gpu: int = 1
+    seed: int | None = None
+    new_study: bool = False
+    cache_dir: str | None = None
+    artifacts: str | None = None
+    sampler: str | None = None
+    pruner: str | None = None
+    memory_budget_gib: float | None = None
+    timeout: float | None = None         # seconds after which no new trial starts
+
+    def uses_gpu(self) -> bool:
+        """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
+        import torch
+        return bool(self.gpus) or self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+
+    def base_config(self, space: SearchSpace) -> RunConfig:
+        """What every trial starts from: the space's fixed fields, then --dataset."""
+        return RunConfig.from_dict({"dataset": self.dataset} if self.dataset else {},
+                                   base=RunConfig.from_dict(space.fixed))
+
+
+def run_search(opts: SearchOptions, echo: Echo = say) -> int:
+    """Prepare the data once, open the study, run workers until it holds `opts.trials`
+    finished trials. Returns the process exit code."""
+    space = load_space(opts.space, opts.sampler, opts.pruner)       # validated before anything exists
+    base = opts.base_config(space)
+    gpu = opts.uses_gpu()
+    if not gpu and not space.cpu_ok:
+        echo(NO_GPU_WARNING)
+    devices = _worker_devices(opts, gpu)
+    check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
+    data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
+    artifacts = artifact_dir(opts.storage.url, opts.artifacts)
+    _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
+    with optuna_quieted():
+        storage = open_storage(opts.storage)                        # creates nothing if the data is unusable
+        study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.new_study,
+                           echo=echo)
+        try:
+            artifacts.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise SearchError(f"--artifacts {artifacts}: cannot make the folder ({e.strerror})") from None
+        echo(f"search: watch it live with\n  {dashboard_command(opts.storage.url, artifacts)}")
+
+        start, finished_at_start = time.time(), finished_count(study)
+        if finished_at_start >= opts.trials:
+            echo(f"search: study '{study.study_name}' already holds {finished_at_start} finished trials, at least "
+                 f"--trials {opts.trials}; nothing to run (raise --trials to run more)")
+        objective = SearchObjective(space=space, base=base, titles_sha256=data.titles_sha256, sampler=opts.sampler,
+                                    pruner=opts.pruner, cache_dir=opts.cache_dir, seed=opts.seed)
+        threads = max(1, usable_cpus() // len(devices)) if not gpu else None
+        contexts = [WorkerContext(objective=objective, storage=opts.storage, study_name=study.study_name,
+                                  trials=opts.trials, device=dev, artifacts=str(artifacts), worker=i,
+                                  start_time=start, finished_at_start=finished_at_start, threads=threads,
+                                  memory_budget_gib=opts.memory_budget_gib, workers_on_device=devices.count(dev),
+                                  deadline=start + opts.timeout if opts.timeout else None)
+                    for i, dev in enumerate(devices)]
+        code = run_rounds(study, contexts, opts.trials, echo)
+    print_summary(study, opts.storage.url, artifacts, echo=echo)
+    return code
+
+
+def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
+    """One device name per worker, each checked to exist here before anything is created."""
+    from ..train import resolve_device
+    if opts.gpus:
+        devices = [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
+    else:
+        devices = [("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device] * max(1, opts.jobs)
+    for name in sorted(set(devices)):
+        resolve_device(name)
+    return devices
+
+
+def _check_folder_can_be_made(folder: Path) -> None:
+    """Refuse a folder that cannot exist (a file on its path) or cannot be written, creating nothing."""
+    existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
+    if not existing.is_dir():
+        raise SearchError(f"--artifacts {folder}: {existing} is a file, so the folder cannot be made")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SearchError(f"--artifacts {folder}: {existing} is not writable")

@@ -1,0 +1,335 @@
+"""Workers: processes that each take trials from one study until it holds enough finished ones.
+
+Optuna's RDB storage is the only coordinator: workers here, or on other machines, share a study
+through it; heartbeats turn a dead worker's trial into a FAIL that is retried once. On this
+machine, `Admission` lets one worker at a time decide whether another trial is needed, so they
+never overshoot `trials`. `run_rounds` starts the workers (GPU workers always as processes of
+their own), forwards SIGTERM to them, and starts another round if they stop short.
+
+What a trial *is* comes with the context: `WorkerContext.objective` is plain data that the worker
+`build`s into its objective, so the same machinery (processes, heartbeats and retry, signals,
+admission, the trial line) runs any objective, not only the search's.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import multiprocessing
+import os
+import signal
+import sys
+import time
+import warnings
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import optuna
+from optuna.trial import TrialState
+
+from ..errors import InputsChanged, TrialFailed, WorkerBroken
+from ..storage import StorageSettings, machine_lock, open_storage
+from .console import Echo, say, trial_line, worker_echo
+from .interrupts import Interrupt, check_interrupted, interrupts_caught
+from .study import FINISHED, best_trial, finished_count, tally
+
+MAX_CONSECUTIVE_FAILURES = 5
+# Refusals cost no training, but a space where almost nothing fits must still end.
+MAX_CONSECUTIVE_REFUSALS = 25
+EXIT_INPUTS_CHANGED = 2       # a worker's exit code (and the search's) when its inputs changed
+EXIT_WORKER_BROKEN = 3        # a worker's exit code after a CUDA error: a fresh process takes over
+
+Objective = Callable[[optuna.Trial], float]
+
+
+class ObjectiveFactory(Protocol):
+    """What a trial is, as plain data: it crosses the process boundary, and each worker builds
+    the objective from it once (loading its data, seeding the study's sampler)."""
+
+    def build(self, study: optuna.Study, ctx: WorkerContext) -> Objective: ...
+
+
+@dataclass
+class WorkerContext:
+    """Everything a worker needs; plain data so it crosses a process boundary."""
+    objective: ObjectiveFactory
+    storage: StorageSettings
+    study_name: str
+    trials: int                          # finished trials the study should end with
+    device: str
+    artifacts: str
+    worker: int
+    start_time: float
+    finished_at_start: int
+    threads: int | None = None
+    memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
+    workers_on_device: int = 1
+    deadline: float | None = None        # --timeout: no trial starts after this time.time()
+
+
+class Admission:
+    """Decides, one worker at a time on this machine, whether another trial is needed.
+    The lock is held from the check until the new trial exists (the objective releases
+    it), so two workers never both take the last slot. Across machines the check is
+    still made, but unlocked (see README)."""
+
+    def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
+        self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
+        self.trials, self.deadline = trials, deadline
+
+    def needed(self, study: optuna.Study) -> bool:
+        """Acquire, then check. True: keep the lock (released when the trial starts)."""
+        if _past(self.deadline):                  # --timeout: no new trials; running ones finish
+            return False
+        self.lock.acquire()
+        optuna.storages.fail_stale_trials(study)  # a dead worker's trial is retried, not counted as running
+        counts = tally(study)
+        # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
+        # trial a worker asks for *is* the oldest waiting one.
+        in_hand = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING))
+        if in_hand < self.trials:
+            return True
+        self.lock.release()
+        return False
+
+    def release(self) -> None:
+        if self.lock.is_locked:
+            self.lock.release(force=True)
+
+
+def _past(deadline: float | None) -> bool:
+    return deadline is not None and time.time() >= deadline
+
+
+# ---------------------------------------------------------------------- one worker
+def run_worker(ctx: WorkerContext) -> int:
+    """One worker: run trials until the study holds `ctx.trials` finished ones.
+    Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
+    with interrupts_caught(), _cpu_threads(ctx.threads), optuna_quieted():
+        return _run_trials(ctx)
+
+
+def _run_trials(ctx: WorkerContext) -> int:
+    echo = worker_echo(ctx.worker)
+    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline)
+    try:
+        study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
+        objective = _admitted(ctx.objective.build(study, ctx), admission)
+        failures = refusals = 0
+
+        def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+            nonlocal failures, refusals
+            refused = trial.user_attrs.get("refused", False)
+            failures = failures + 1 if trial.state == TrialState.FAIL and not refused else 0
+            refusals = refusals + 1 if refused else 0
+            finished = finished_count(study)
+            echo(trial_line(trial, best=best_trial(study), finished=finished, trials=ctx.trials,
+                            elapsed=time.time() - ctx.start_time,
+                            finished_here=max(finished - ctx.finished_at_start, 0)))
+            check_interrupted()                   # a signal dropped in the gc.collect() after the trial
+            if failures >= MAX_CONSECUTIVE_FAILURES:
+                echo(f"stopping: {failures} trials in a row failed")
+                study.stop()
+            elif refusals >= MAX_CONSECUTIVE_REFUSALS:
+                echo(f"stopping: {refusals} trials in a row did not fit in memory; "
+                     "narrow the space or raise --memory-budget")
+                study.stop()
+            elif not admission.needed(study):
+                study.stop()
+
+        if admission.needed(study):
+            study.optimize(objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
+    except KeyboardInterrupt as e:
+        name = str(e) or "SIGINT"
+        stopped = f"; trial {Interrupt.trial} is recorded as failed" if Interrupt.trial is not None else ""
+        echo(f"interrupted ({name}){stopped}")
+        return 143 if name == "SIGTERM" else 130
+    except InputsChanged as e:
+        echo(f"error: {e}")
+        return EXIT_INPUTS_CHANGED
+    except WorkerBroken as e:
+        echo(f"stopping after {e}; a fresh worker takes over")
+        return EXIT_WORKER_BROKEN
+    finally:
+        admission.release()
+    return 0
+
+
+def _admitted(objective: Objective, admission: Admission) -> Objective:
+    """`objective` as a worker runs it: the trial now counts, so the next worker may decide; and
+    an interrupt, wherever it lands, is recorded as the trial's fail_reason "interrupted"."""
+    def trial_in_worker(trial: optuna.Trial) -> float:
+        admission.release()
+        try:
+            check_interrupted()
+            return objective(trial)
+        except (TrialFailed, WorkerBroken, optuna.TrialPruned):     # their reasons are recorded
+            raise
+        except BaseException as e:
+            if not isinstance(e, KeyboardInterrupt) and not Interrupt.signal_name:
+                # a bug or an unexpected library error: say which
+                trial.set_user_attr("fail_reason", f"{type(e).__name__}: {e}"[:500])
+                raise
+            # Interrupted, wherever it landed: also when code it landed in wrapped it in an error
+            # of its own (class creation turns it into "RuntimeError: Error calling __set_name__").
+            trial.set_user_attr("fail_reason", "interrupted")
+            Interrupt.trial = trial.number
+            raise KeyboardInterrupt(Interrupt.signal_name or str(e)) from None
+    return trial_in_worker
+
+
+@contextlib.contextmanager
+def _cpu_threads(threads: int | None):
+    """This worker's share of the CPU threads while it runs. Put back afterwards, since the
+    one-CPU-worker search runs in the caller's process (its later work, or the next test, must
+    not inherit it)."""
+    import torch
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _not_an_expected_failure(record: logging.LogRecord) -> bool:
+    # Optuna logs each trial exception with its traceback. A TrialFailed is expected: its reason
+    # is recorded as fail_reason and printed on the trial's line already. So is an interrupt:
+    # the worker says so in one line.
+    if record.exc_info and isinstance(record.exc_info[1], (TrialFailed, KeyboardInterrupt)):
+        return False
+    return not record.getMessage().endswith("failed with value None.")     # the same failure's second line
+
+
+@contextlib.contextmanager
+def optuna_quieted():
+    """Optuna as a search wants it while it runs, put back afterwards: warnings and above only, no
+    traceback for a trial failure that is expected and said in one line, and no ExperimentalWarning
+    (heartbeats, their retry callback and metric names are stable in practice but still flagged
+    experimental; the warning would repeat in every worker)."""
+    verbosity = optuna.logging.get_verbosity()
+    optimize_log = logging.getLogger("optuna.study._optimize")
+    ours = _not_an_expected_failure not in optimize_log.filters     # not already, by a caller in this process
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    if ours:
+        optimize_log.addFilter(_not_an_expected_failure)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        if ours:
+            optimize_log.removeFilter(_not_an_expected_failure)
+        optuna.logging.set_verbosity(verbosity)
+
+
+def usable_cpus() -> int:
+    """The cores this process may run on (its affinity mask, as a container or taskset limits it),
+    not the machine's count."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def share_cores_politely() -> None:
+    """For CPU processes that share the cores (workers, bench --parallel): OpenMP threads that
+    spin while they wait slow every other process down many times over; passive ones sleep.
+    Takes effect in a process that has not started torch's thread pool yet (a spawned one)."""
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+def _worker_process(ctx: WorkerContext) -> None:
+    if ctx.device == "cpu":
+        share_cores_politely()
+    sys.exit(run_worker(ctx))
+
+
+# ---------------------------------------------------------------------- rounds of workers
+def run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int, echo: Echo = say) -> int:
+    """Run the workers; if they stop short (a worker died, a trial failed), fail stale
+    trials once their heartbeat grace has passed and run another round. Returns the exit code."""
+    while finished_count(study) < trials:
+        before = finished_count(study)
+        codes = _run_workers(contexts)
+        if any(c in (130, 143) for c in codes):
+            code = 143 if 143 in codes else 130
+            echo(f"search: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); the same command resumes "
+                 "the study")
+            return code
+        if finished_count(study) >= trials:
+            break
+        if EXIT_INPUTS_CHANGED in codes:        # the worker said why; another round would say it again
+            return EXIT_INPUTS_CHANGED
+        if _past(contexts[0].deadline):
+            echo(f"search: --timeout reached with {finished_count(study)} of {trials} trials finished; "
+                 "the same command resumes the study")
+            break
+        running = tally(study)[TrialState.RUNNING]
+        if running:
+            echo(f"search: waiting for {running} running trial(s) (another machine, or a dead worker whose "
+                 "heartbeat has not yet expired)")
+            if not _wait_for_running(study, contexts[0].storage):
+                continue
+        elif finished_count(study) == before:
+            echo(f"search: no trial finished in the last round (exit codes {codes}); giving up")
+            return 1
+    return 0
+
+
+def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
+    """Wait until no trial is RUNNING, failing (and so retrying) those whose worker died.
+    A worker killed between creating a trial and its first heartbeat leaves a trial that
+    Optuna never considers stale; one heartbeat recorded here gives it a clock."""
+    storage = study._storage
+    optuna.storages.fail_stale_trials(study)          # those whose heartbeat expired already: now
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
+    deadline = time.time() + settings.heartbeat_grace * 3
+    while time.time() < deadline:
+        optuna.storages.fail_stale_trials(study)
+        if tally(study)[TrialState.RUNNING] == 0:
+            return True
+        time.sleep(min(5.0, settings.heartbeat_interval))
+    return False
+
+
+def _run_workers(contexts: list[WorkerContext]) -> list[int]:
+    # One CPU worker runs in this process. GPU workers are always processes of their own, so
+    # that a CUDA error ends with its process and the next round starts on a clean context.
+    if len(contexts) == 1 and not contexts[0].device.startswith("cuda"):
+        return [run_worker(contexts[0])]
+    mp = multiprocessing.get_context("spawn")
+    procs = [mp.Process(target=_worker_process, args=(ctx,), name=f"mainrun-w{ctx.worker}") for ctx in contexts]
+
+    stopping: list[int] = []
+
+    def forward(signum, _frame):
+        stopping.append(signum)
+        for p in procs:
+            if p.is_alive():                  # False for one not started yet
+                os.kill(p.pid, signum)
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        # Inside the try, with the handler set: a signal while the workers start must reach those
+        # already started, and no worker may start after it.
+        for p in procs:
+            if stopping:
+                break
+            p.start()
+        if stopping:                          # again, for one that was starting when it came
+            forward(stopping[0], None)
+        for p in procs:
+            while p.is_alive():
+                p.join(timeout=0.5)
+    except KeyboardInterrupt:                 # let the workers record their running trials as failed
+        forward(signal.SIGINT, None)
+        for p in procs:
+            if p.pid is not None:             # started (a Ctrl-C may land between two starts)
+                p.join(timeout=30)
+        return [130]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if stopping:
+        return [143]
+    codes = [p.exitcode if p.exitcode is not None else 1 for p in procs]
+    return [143 if c == -signal.SIGTERM else c for c in codes]
