@@ -183,6 +183,9 @@ def search_main(argv: list[str] | None = None) -> int:
                         help="use this pruner instead of the space file's (none: every trial runs to the end)")
     parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
     parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
+    parser.add_argument("--tensorboard", metavar="DIR",
+                        help="also write each trial's TensorBoard event files (train/loss, val/loss, lr, tokens/s) "
+                             "into DIR/STUDY/trial-N; needs the tensorboard extra")
     parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
                         help="seconds between worker heartbeats (default: %(default)s)")
     parser.add_argument("--heartbeat-grace", type=_positive, default=HEARTBEAT_GRACE,
@@ -202,7 +205,7 @@ def search_main(argv: list[str] | None = None) -> int:
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
-        memory_budget_gib=args.memory_budget, timeout=args.timeout)
+        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except MainrunError as e:
@@ -257,9 +260,14 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="default: %(default)s")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--top", type=_positive, default=10, help="rows in the top-trials table (default: %(default)s)")
+    parser.add_argument("--trial", type=int, action="append", default=[], metavar="N",
+                        help="with --study: also draw trial N's training curves beside the best trial's and the "
+                             "baseline's (repeatable)")
     args = parser.parse_args(argv)
     if args.compare is not None and len(args.compare) < 2:
         parser.error("--compare needs at least 2 study names")
+    if args.compare is not None and args.trial:
+        parser.error("--trial goes with --study")
 
     from .compare import build_comparison
     from .report import build_report
@@ -267,7 +275,7 @@ def report_main(argv: list[str] | None = None) -> int:
         if args.compare:
             index = build_comparison(args.storage, args.compare, args.out)
         else:
-            index = build_report(args.storage, args.study, args.out, top=args.top)
+            index = build_report(args.storage, args.study, args.out, top=args.top, curve_trials=args.trial)
     except MainrunError as e:
         _fail(str(e))
     print(f"report: {index}")

@@ -20,11 +20,14 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .errors import SearchError
+from .config import parse_yaml_text
+from .curves import curves_figure, trial_curves, write_curves_png
+from .errors import ConfigError, SearchError
 from .export import export_command
 from .formats import duration
 from .pages import PNG_DPI, output_folder, plot_div, render_page
 from .search.study import METRIC, best_trial, display_params
+from .space import parse_space
 from .storage import open_study_readonly, redact
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
@@ -35,6 +38,7 @@ MIN_TRIALS_FOR_IMPORTANCE = 5
 BASELINE_COLOR, BEST_COLOR = "#ff7f0e", "#d62728"
 COMPLETE_COLOR, PRUNED_COLOR = "rgba(31, 119, 180, 0.55)", "rgba(128, 128, 128, 0.55)"
 MPL_COMPLETE_COLOR, MPL_PRUNED_COLOR = "#1f77b4", "#808080"
+EXTRA_COLORS = ("#1f77b4", "#2ca02c", "#9467bd", "#8c564b", "#17becf")     # --trial N curves
 
 
 # ---------------------------------------------------------------------- numbers
@@ -235,6 +239,40 @@ def importance_figures(study: optuna.Study, n_complete: int, target_name: str, m
     return fig, None
 
 
+def curve_runs(by_number: dict[int, FrozenTrial], best: FrozenTrial | None, baseline: FrozenTrial | None,
+               extra: list[int]) -> tuple[list[tuple[str, dict, str]], list[str]]:
+    """(label, curves, colour) of the best trial, the baseline and the `extra` trials that
+    recorded curves, and a note for each asked-for trial that did not."""
+    wanted = [(best, "best", BEST_COLOR), (baseline, "baseline", BASELINE_COLOR)]
+    wanted += [(by_number.get(n), None, EXTRA_COLORS[i % len(EXTRA_COLORS)]) for i, n in enumerate(extra)]
+    runs, missing, seen = [], [], set()
+    for trial, role, color in wanted:
+        if trial is None or trial.number in seen:
+            continue
+        seen.add(trial.number)
+        label = f"{role} (trial {trial.number})" if role else f"trial {trial.number}"
+        curves = trial_curves(trial.user_attrs)
+        if curves is None:
+            missing.append(f"{label} recorded no training curves (made by an older mainrun, or it never trained).")
+        else:
+            runs.append((label, curves, color))
+    return runs, missing
+
+
+def edge_warnings(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
+    """Where `trial`'s config sits at a movable end of the study's recorded space (see
+    SearchSpace.edges); nothing for a study without a readable recorded space."""
+    text, config = study.user_attrs.get("space_yaml"), (trial.user_attrs.get("config") if trial else None)
+    if not isinstance(text, str) or not isinstance(config, dict):
+        return []
+    try:
+        space = parse_space(parse_yaml_text(text, "the recorded space"), study.user_attrs.get("space_file", "space"),
+                            text)
+    except ConfigError:
+        return []
+    return space.edges(config)
+
+
 # ---------------------------------------------------------------------- PNG copies
 def write_pngs(study: optuna.Study, out: Path, by_number: dict[int, FrozenTrial], best: FrozenTrial | None,
                baseline: FrozenTrial | None, n_complete: int, target_name: str) -> list[Path]:
@@ -376,8 +414,10 @@ def has_curves(trials) -> bool:
 
 
 # ---------------------------------------------------------------------- the report
-def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: int = 10) -> Path:
-    """Write out_dir/index.html and out_dir/*.png for the study; return the HTML path."""
+def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: int = 10,
+                 curve_trials: list[int] = ()) -> Path:
+    """Write out_dir/index.html and out_dir/*.png for the study; return the HTML path. The
+    training curves show the best trial, the baseline and the `curve_trials`."""
     study = open_study_readonly(storage_url, study_name)
     if len(study.directions) != 1:
         raise SearchError(f"study '{study_name}' has {len(study.directions)} objectives; the report is for "
@@ -391,10 +431,23 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     n_complete = totals.counts["complete"]
     target_name = study.metric_names[0] if study.metric_names else METRIC
 
+    unknown = [n for n in curve_trials if n not in by_number]
+    if unknown:
+        raise SearchError(f"--trial {unknown[0]}: study '{study_name}' has no such trial "
+                          f"(trials 0 to {len(trials) - 1})")
+    runs, no_curves = curve_runs(by_number, best, baseline, list(curve_trials))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
+    if runs:
+        plots.insert(2, ("Training curves", plot_div(curves_figure(runs), "plot-curves"),
+                         "Against the training step: the training loss (per token, the mean over each read of "
+                         "the loss buffer), the validation loss (per character, at each evaluation) and the "
+                         "learning rate. " + " ".join(no_curves)))
+        pngs.append(write_curves_png(runs, out / "curves.png", dpi=PNG_DPI, size=(10, 8)))
+    else:
+        plots.insert(2, ("Training curves", "", " ".join(no_curves) or "No trial to show."))
 
     best_yaml = None
     if best is not None and best.user_attrs.get("config"):
@@ -407,6 +460,7 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         "report.html.j2", f"mainrun report: {study.study_name}", study=study, storage=redact(storage_url),
         metric=METRIC, target_name=target_name, totals=totals, cards=totals_cards(totals, best, baseline),
         best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
+        edges=edge_warnings(study, best),
         shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
         columns=columns, all_rows=all_rows(trials), pngs=pngs), encoding="utf-8")
     return index

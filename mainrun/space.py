@@ -37,6 +37,7 @@ import optuna
 from .config import (LEGACY_KEYS, MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number,
                      migrate_legacy_keys, parse_yaml_text, read_yaml_text)
 from .errors import ConfigError, SpaceError
+from .formats import param_value
 from .policy import (DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, make_pruner, make_sampler, missing_package,
                      parse_policy)
 
@@ -139,11 +140,11 @@ class Param:
         return None
 
     def _extends_past(self, end: float, direction: int) -> bool:
-        """Whether the field takes a value just beyond `end`: one spacing of the values, one
-        step, or EDGE_FRACTION of the range (of its log for a log range) further out."""
+        """Whether the field takes a value just beyond `end`: half the spacing of the values
+        next to it, one step, or EDGE_FRACTION of the range (of its log for a log range) further out."""
         if self.values is not None:
             spacing = self.values[-1] - self.values[-2] if direction > 0 else self.values[1] - self.values[0]
-            beyond = end + direction * spacing
+            beyond = end + direction * spacing / 2
         elif self.kind is int or self.step is not None:
             beyond = end + direction * (self.step or 1)
         elif self.log:
@@ -255,8 +256,9 @@ class SearchSpace:
             if p.name not in values or not p.active(values) or (at := p.edge(values[p.name])) is None:
                 continue
             side, end = at
-            where = f"the {side} of its range" if values[p.name] == end else f"near the {side} of its range ({end:g})"
-            warnings.append(f"{p.name} {values[p.name]:g} is {where}: widen it")
+            where = (f"the {side} of its range" if values[p.name] == end
+                     else f"near the {side} of its range ({param_value(end, 3)})")
+            warnings.append(f"{p.name} {param_value(values[p.name], 3)} is {where}: widen it")
         return warnings
 
     # ---------------------------------------------------------------- study policy

@@ -15,6 +15,7 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import SPACES, cli, make_titles
+from mainrun.config import RunConfig
 
 STUDY = "smoke-report"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -359,3 +360,71 @@ def test_what_a_trial_records_is_text_on_the_page_never_markup(tmp_path):
     page = build_report(url, "inject", tmp_path / "out").read_text()
     assert "<script>alert(" not in page
     assert "devices: &lt;script&gt;alert(" in page
+
+
+# ---------------------------------------------------------------------- training curves and edges
+def _curves(level: float, lr: float, steps: int = 96) -> dict:
+    reads = list(range(32, steps + 1, 32))
+    return {"train": [[s, level + 3 / s] for s in reads], "val": [[1, level + 1.0], [steps, level]],
+            "lr": [[s, lr * (1 - s / (steps + 1))] for s in reads]}
+
+
+def _study_with_curves(url: str) -> optuna.Study:
+    """A study as mainrun-search records one: its space file's text, trials with their config
+    and curves; trial 2 (the best) at the top of the d_model values, trial 3 from an older
+    mainrun without curves."""
+    space = ("params:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n  d_model: {values: [256, 512, 1024]}\n"
+             "  dropout: {low: 0.0, high: 0.2}\n")
+    study = optuna.create_study(study_name="curves", storage=url, direction="minimize")
+    study.set_user_attr("space_yaml", space)
+    study.set_user_attr("space_file", "space.yaml")
+    dists = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+             "d_model": optuna.distributions.CategoricalDistribution([256, 512, 1024]),
+             "dropout": optuna.distributions.FloatDistribution(0.0, 0.2)}
+    for number, (lr, d_model, dropout, value) in enumerate(
+            [(6e-3, 512, 0.1, 1.5), (1e-3, 256, 0.1, 1.4), (2e-3, 1024, 0.0, 1.2), (3e-3, 512, 0.1, 1.3)]):
+        trial = study.ask(dists)
+        config = {**RunConfig().to_dict(), "lr": lr, "d_model": d_model, "n_head": 8, "dropout": dropout}
+        trial.set_user_attr("config", config)
+        if number == 0:
+            trial.set_user_attr("enqueued_as", "baseline")
+        if number != 3:
+            trial.set_user_attr("curves", _curves(value, lr))
+        study.tell(trial, value)
+    return study
+
+
+def test_the_report_draws_the_training_curves_of_the_best_the_baseline_and_asked_trials(tmp_path):
+    from mainrun.report import build_report
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    _study_with_curves(url)
+    page = build_report(url, "curves", tmp_path / "out", curve_trials=[1, 3]).read_text()
+    section = page[page.index("<h2>Training curves</h2>"):]
+    section = section[:section.index("<h2>", 5)]
+    for label in ("best (trial 2)", "baseline (trial 0)", "trial 1"):
+        assert f'"name":"{label}"' in section, label
+    assert "trial 3 recorded no training curves" in section            # said, not silently left out
+    # three panels on one step axis: losses, then the lr on its own
+    assert '"yaxis3"' in section and "learning rate" in section and "train loss (per token)" in section
+    png = (tmp_path / "out" / "curves.png").read_bytes()
+    assert png[:8] == PNG_MAGIC and "href='curves.png'" in page
+
+
+def test_the_report_names_the_best_configs_params_at_the_edge_of_the_space(tmp_path):
+    from mainrun.report import build_report
+    url = f"sqlite:///{tmp_path / 'e.db'}"
+    _study_with_curves(url)
+    page = build_report(url, "curves", tmp_path / "out").read_text()
+    edges = page[page.index("id='edges'"):]
+    edges = edges[:edges.index("</ul>")]
+    # d_model 1024 is the last of its values; dropout 0 is the field's own bound, not an edge
+    assert re.findall(r"<li>([^<]*)</li>", edges) == ["d_model 1024 is the top of its range: widen it"]
+
+
+def test_an_unknown_trial_for_the_curves_exits_2(tmp_path, capsys):
+    from mainrun.cli import report_main
+    url = f"sqlite:///{tmp_path / 'u.db'}"
+    _study_with_curves(url)
+    with pytest.raises(SystemExit) as exit_:
+        report_main(["--study", "curves", "--storage", url, "--out", str(tmp_path / "out"), "--trial", "9"])
+    assert exit_.value.code == 2 and "--trial 9: study 'curves' has no such trial" in capsys.readouterr().err

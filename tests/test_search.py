@@ -52,7 +52,7 @@ def smoke_study(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("study")
     (tmp / "titles.txt").write_text("\n".join(make_titles(1500)) + "\n")
     proc = search(tmp, "--trials", "6", "--dataset", str(tmp / "titles.txt"), "--study", "s", "--seed", "3",
-                  space=aggressive_space(tmp))
+                  "--tensorboard", str(tmp / "tb"), space=aggressive_space(tmp))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return tmp, proc
 
@@ -105,11 +105,64 @@ def test_trials_record_params_attrs_and_artifacts(smoke_study):
         assert set(t.params) <= {"optimizer", "lr", "momentum", "d_model", "head_dim", "mlp"}
         metas = optuna.artifacts.get_all_artifact_meta(t, storage=study._storage)
         names = sorted(m.filename for m in metas)
-        assert names == [f"trial-{t.number}-config.yaml", f"trial-{t.number}.jsonl"]
+        assert names == [f"trial-{t.number}-config.yaml", f"trial-{t.number}-curves.png", f"trial-{t.number}.jsonl"]
+        png = next(m for m in metas if m.filename.endswith(".png"))
+        assert png.mimetype == "image/png"
+        with store.open_reader(png.artifact_id) as f:
+            assert f.read(8) == b"\x89PNG\r\n\x1a\n"
         log_meta = next(m for m in metas if m.filename.endswith(".jsonl"))
         with store.open_reader(log_meta.artifact_id) as f:
             events = [json.loads(line)["event"] for line in f.read().decode().splitlines()]
         assert events[0] == "hyperparameters_configured" and "validation_step" in events
+
+
+def test_trials_record_their_train_validation_and_lr_curves(smoke_study):
+    """Every finished trial keeps the three curves by step: validation at the steps its reported
+    evaluations were made (pruned trials end where they stopped), training loss and lr at each
+    read of the loss buffer (every 32 steps and at each evaluation)."""
+    tmp, _ = smoke_study
+    for t in finished(load(tmp, "s")):
+        curves = t.user_attrs["curves"]
+        assert [v for _, v in curves["val"]] == pytest.approx([t.intermediate_values[i] for i in
+                                                               sorted(t.intermediate_values)], rel=1e-5)
+        val_steps = [s for s, _ in curves["val"]]
+        train_steps = [s for s, _ in curves["train"]]
+        assert val_steps[0] == 1 and val_steps[-1] == t.user_attrs["steps"] == train_steps[-1]
+        assert set(val_steps) <= set(train_steps) and all(s % 32 == 0 for s in set(train_steps) - set(val_steps))
+        assert [s for s, _ in curves["lr"]] == train_steps
+        lr = t.user_attrs["config"]["lr"]
+        assert all(0 <= v <= lr * (1 + 1e-3) for _, v in curves["lr"]) and curves["lr"][0][1] == pytest.approx(lr, rel=1e-3)
+        assert all(v > 0 for _, v in curves["train"])
+
+
+def test_tensorboard_event_files_hold_each_trials_curves(smoke_study):
+    """--tensorboard DIR: one run folder per trial, DIR/STUDY/trial-N, read back with
+    TensorBoard's own reader; its val/loss is what the trial reported."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    tmp, _ = smoke_study
+    study = load(tmp, "s")
+    assert sorted(p.name for p in (tmp / "tb" / "s").iterdir()) == sorted(f"trial-{t.number}" for t in study.trials)
+    for t in finished(study):
+        events = EventAccumulator(str(tmp / "tb" / "s" / f"trial-{t.number}"))
+        events.Reload()
+        assert {"train/loss", "val/loss", "lr", "tokens/s"} <= set(events.Tags()["scalars"])
+        val = events.Scalars("val/loss")
+        assert [e.step for e in val] == [s for s, _ in t.user_attrs["curves"]["val"]]
+        assert [e.value for e in val] == pytest.approx([v for _, v in t.user_attrs["curves"]["val"]], rel=1e-5)
+
+
+def test_the_closing_summary_names_the_best_trials_params_at_the_edge_of_the_space(tmp_path, titles_file):
+    data = yaml.safe_load(SMOKE.read_text())
+    data["enqueue"] = [{"optimizer": "sgd", "lr": 3.0e-2, "momentum": 0.0, "d_model": 32, "head_dim": 8, "mlp": "gelu"}]
+    space = tmp_path / "edge.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+    proc = search(tmp_path, "--trials", "1", "--dataset", str(titles_file), space=space)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    summary = proc.stdout[proc.stdout.index("the best trial (0) is at the edge of the space"):]
+    # lr and d_model at the top; head_dim 8 at the bottom; momentum 0 is the field's own bound
+    assert summary.splitlines()[1:4] == ["  lr 0.03 is the top of its range: widen it",
+                                         "  d_model 32 is the top of its range: widen it",
+                                         "  head_dim 8 is the bottom of its range: widen it"]
 
 
 def test_the_enqueued_trial_runs_first(smoke_study):

@@ -540,7 +540,7 @@ def test_a_continuous_value_near_an_end_counts_measured_on_the_log_scale_for_a_l
 
 def test_an_end_that_is_the_fields_own_bound_or_an_inactive_param_is_not_an_edge():
     space = parse(EDGE_SPACE)
-    # dropout below 0, beta2 beyond 0.999 (one spacing further is 1.008) or warmup below 0 cannot be tried
+    # dropout below 0, beta2 beyond 0.999 (half a spacing further is 1.0035) or warmup below 0 cannot be tried
     assert space.edges(edge_config(dropout=0.0, beta2=0.999, warmup_steps=0)) == []
     # momentum is not sampled for adamw, whatever the stored config says
     assert space.edges(edge_config(momentum=0.9)) == []

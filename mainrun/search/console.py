@@ -12,6 +12,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from ..export import export_command
 from ..formats import clock, param_value
+from ..space import SearchSpace
 from ..storage import redact
 from .study import describe_counts, display_params, tally
 
@@ -55,8 +56,10 @@ def trial_line(trial: FrozenTrial, *, best: FrozenTrial | None, finished: int, t
             f"{clock(elapsed)} elapsed, ETA {eta} | {params_text(trial)}")
 
 
-def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: int = 5, echo: Echo = say) -> None:
-    """The study's counts, its best complete trials, and the commands to look at it and train its best."""
+def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: int = 5, echo: Echo = say,
+                  space: SearchSpace | None = None) -> None:
+    """The study's counts, its best complete trials, where the best sits at the edge of `space`,
+    and the commands to look at it and train its best."""
     done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
     echo(f"\nstudy '{study.study_name}': {describe_counts(tally(study))}")
     if done:
@@ -64,6 +67,11 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
         for t in done[:top]:
             echo(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  "
                  f"{params_text(t)}")
+    edges = space.edges(done[0].user_attrs["config"]) if space and done and "config" in done[0].user_attrs else []
+    if edges:
+        echo(f"\nthe best trial ({done[0].number}) is at the edge of the space; the optimum may lie outside it:")
+        for line in edges:
+            echo(f"  {line}")
     echo("\nnext:")
     echo(f"  {dashboard_command(storage_url, artifacts)}")
     echo(f"  {export_command(storage_url, study.study_name)}")

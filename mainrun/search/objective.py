@@ -23,6 +23,7 @@ from optuna.trial import TrialState
 
 from .. import __version__
 from ..config import RunConfig, read_yaml_text
+from ..curves import CURVES_ATTR, curves_record, write_curves_png
 from ..data import Data, prepare_data
 from ..errors import ConfigError, DataError, InputsChanged, ScoringError, TrialFailed, TrialRefused, WorkerBroken
 from ..formats import GIB, byte_size
@@ -116,10 +117,12 @@ class TrialRunner:
         self.budget = memory_budget(self.device, ctx.memory_budget_gib, ctx.workers_on_device)
         self.store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
         self.commit = git_commit()
+        self.tensorboard = Path(ctx.tensorboard) / ctx.study_name if ctx.tensorboard else None
 
     def __call__(self, trial: optuna.Trial, cfg: RunConfig) -> float:
         import torch
 
+        from ..tensorboard import TensorBoardWriter
         from ..train import train
         self._refuse_if_too_big(trial, cfg)
         trial.set_user_attr("mainrun_version", __version__)
@@ -134,9 +137,13 @@ class TrialRunner:
             last.update(index=index, step=step, val_loss=val_loss)
             return trial.should_prune()
 
+        observers = [TensorBoardWriter(self.tensorboard / f"trial-{trial.number}", cfg)] if self.tensorboard else []
+        curves = None
         try:
             result = train(cfg, self.data, device=self.device, on_eval=on_eval, log_path=log_path,
-                           progress=False, echo=None)
+                           progress=False, echo=None, observers=observers)
+            curves = curves_record(result)
+            trial.set_user_attr(CURVES_ATTR, curves)
         except torch.OutOfMemoryError as e:
             raise failed(trial, TrialFailed("CUDA out of memory: " + str(e).splitlines()[0])) from None
         except ScoringError as e:
@@ -144,10 +151,12 @@ class TrialRunner:
         except torch.AcceleratorError as e:
             raise failed(trial, WorkerBroken("CUDA error: " + str(e).splitlines()[0])) from None
         finally:
+            for observer in observers:
+                observer.close()
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            self._keep_artifacts(trial, workdir, cfg, log_path)
+            self._keep_artifacts(trial, workdir, cfg, log_path, curves)
         _record(trial, result)
         if result.diverged:
             trial.set_user_attr("prune_reason", f"diverged: {result.diverged}")
@@ -166,13 +175,19 @@ class TrialRunner:
             trial.set_user_attr("refused", True)
             raise failed(trial, TrialRefused(f"does not fit: needs ~{byte_size(need)} by estimate; {self.budget[1]}"))
 
-    def _keep_artifacts(self, trial: optuna.Trial, workdir: Path, cfg: RunConfig, log_path: Path) -> None:
-        """The run config and the JSONL log as trial artifacts (shown by optuna-dashboard). A full
-        or unwritable artifacts folder costs the artifacts, never the trial's result."""
+    def _keep_artifacts(self, trial: optuna.Trial, workdir: Path, cfg: RunConfig, log_path: Path,
+                        curves: dict | None) -> None:
+        """The run config, the JSONL log and the curves' PNG as trial artifacts (shown by
+        optuna-dashboard). A full or unwritable artifacts folder costs the artifacts, never the
+        trial's result."""
         config_path = workdir / f"trial-{trial.number}-config.yaml"
+        curves_path = workdir / f"trial-{trial.number}-curves.png"
         try:
             cfg.to_yaml(config_path, header=f"mainrun run config of trial {trial.number}")
-            for path, mimetype in ((config_path, "application/yaml"), (log_path, "application/jsonl")):
+            if curves is not None:
+                write_curves_png([(f"trial {trial.number}", curves, "#1f77b4")], curves_path)
+            for path, mimetype in ((config_path, "application/yaml"), (log_path, "application/jsonl"),
+                                   (curves_path, "image/png")):
                 if path.exists():
                     optuna.artifacts.upload_artifact(artifact_store=self.store, file_path=str(path),
                                                      study_or_trial=trial, mimetype=mimetype)

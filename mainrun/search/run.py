@@ -39,6 +39,7 @@ class SearchOptions:
     pruner: str | None = None
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
+    tensorboard: str | None = None       # a folder for each trial's TensorBoard event files
 
     def uses_gpu(self) -> bool:
         """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
@@ -61,6 +62,9 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
         echo(NO_GPU_WARNING)
     devices = _worker_devices(opts, gpu)
     check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
+    if opts.tensorboard:
+        from ..tensorboard import summary_writer_class
+        summary_writer_class()                                      # a missing package, too
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
     _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
@@ -85,10 +89,11 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
                                   trials=opts.trials, device=dev, artifacts=str(artifacts), worker=i,
                                   start_time=start, finished_at_start=finished_at_start, threads=threads,
                                   memory_budget_gib=opts.memory_budget_gib, workers_on_device=devices.count(dev),
-                                  deadline=start + opts.timeout if opts.timeout else None)
+                                  deadline=start + opts.timeout if opts.timeout else None,
+                                  tensorboard=opts.tensorboard)
                     for i, dev in enumerate(devices)]
         code = run_rounds(study, contexts, opts.trials, echo)
-    print_summary(study, opts.storage.url, artifacts, echo=echo)
+    print_summary(study, opts.storage.url, artifacts, echo=echo, space=space)
     return code
 
 

@@ -64,6 +64,7 @@ class WorkerContext:
     memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
     workers_on_device: int = 1
     deadline: float | None = None        # --timeout: no trial starts after this time.time()
+    tensorboard: str | None = None       # --tensorboard: each trial's event files in DIR/<study>/trial-<n>
 
 
 class Admission:
