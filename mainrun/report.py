@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .config import parse_yaml_text
 from .curves import curves_figure, trial_curves, write_curves_png
+from .edges import edge_warnings
 from .errors import ConfigError, SearchError
 from .export import export_command
 from .formats import duration
@@ -259,9 +260,9 @@ def curve_runs(by_number: dict[int, FrozenTrial], best: FrozenTrial | None, base
     return runs, missing
 
 
-def edge_warnings(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
+def recorded_space_edges(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
     """Where `trial`'s config sits at a movable end of the study's recorded space (see
-    SearchSpace.edges); nothing for a study without a readable recorded space."""
+    edges.edge_warnings); nothing for a study without a readable recorded space."""
     text, config = study.user_attrs.get("space_yaml"), (trial.user_attrs.get("config") if trial else None)
     if not isinstance(text, str) or not isinstance(config, dict):
         return []
@@ -270,7 +271,7 @@ def edge_warnings(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
                             text)
     except ConfigError:
         return []
-    return space.edges(config)
+    return edge_warnings(space, config)
 
 
 # ---------------------------------------------------------------------- PNG copies
@@ -460,7 +461,7 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         "report.html.j2", f"mainrun report: {study.study_name}", study=study, storage=redact(storage_url),
         metric=METRIC, target_name=target_name, totals=totals, cards=totals_cards(totals, best, baseline),
         best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
-        edges=edge_warnings(study, best),
+        edges=recorded_space_edges(study, best),
         shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
         columns=columns, all_rows=all_rows(trials), pngs=pngs), encoding="utf-8")
     return index

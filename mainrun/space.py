@@ -37,7 +37,6 @@ import optuna
 from .config import (LEGACY_KEYS, MAINRUN_FIXED, PRESETS, RunConfig, check_field, is_int, is_number,
                      migrate_legacy_keys, parse_yaml_text, read_yaml_text)
 from .errors import ConfigError, SpaceError
-from .formats import param_value
 from .policy import (DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS, make_pruner, make_sampler, missing_package,
                      parse_policy)
 
@@ -54,9 +53,6 @@ MAX_COUPLING_COMBOS = 200_000      # every value of the coupled params is checke
 TOP_KEYS = {"description", "cpu_ok", "sampler", "pruner", "fixed", "params", "enqueue"}
 PARAM_KEYS = {"low", "high", "log", "step", "choices", "values", "when"}
 MAX_VALIDATION_COMBOS = 4000
-# A continuous value this close to an end of its range (as a fraction of the range, of its log
-# for a log range) counts as at the edge: TPE rarely samples an end exactly.
-EDGE_FRACTION = 0.05
 
 
 
@@ -117,47 +113,6 @@ class Param:
         if self.values is not None:
             return list(self.values)
         return [self.kind(self.low), self.kind(self.high)]
-
-    def edge(self, value: Any) -> tuple[str, Any] | None:
-        """("top" or "bottom", that end) when `value` sits at an end of this numeric range that
-        could be moved: the first or last of ordered values, an int or stepped range's end, or
-        within EDGE_FRACTION of a continuous range's end (of its log for a log range). None
-        inside the range, for categorical params, and at a bound of the field itself (dropout 0,
-        beta2 0.999 of 0.9..0.999): there a wider range would only give invalid configs."""
-        if self.choices is not None or not is_number(value):
-            return None
-        ends = (self.values[0], self.values[-1]) if self.values is not None else (self.low, self.high)
-        continuous = self.values is None and self.kind is float and self.step is None
-        for side, end in (("top", ends[1]), ("bottom", ends[0])):
-            if continuous and self.log:
-                near = abs(math.log(value / end)) <= EDGE_FRACTION * math.log(ends[1] / ends[0])
-            elif continuous:
-                near = abs(value - end) <= EDGE_FRACTION * (ends[1] - ends[0])
-            else:
-                near = abs(value - end) <= (self.step or 0) / 2
-            if near and self._extends_past(end, 1 if side == "top" else -1):
-                return side, end
-        return None
-
-    def _extends_past(self, end: float, direction: int) -> bool:
-        """Whether the field takes a value just beyond `end`: half the spacing of the values
-        next to it, one step, or EDGE_FRACTION of the range (of its log for a log range) further out."""
-        if self.values is not None:
-            spacing = self.values[-1] - self.values[-2] if direction > 0 else self.values[1] - self.values[0]
-            beyond = end + direction * spacing / 2
-        elif self.kind is int or self.step is not None:
-            beyond = end + direction * (self.step or 1)
-        elif self.log:
-            beyond = end * (self.high / self.low) ** (direction * EDGE_FRACTION)
-        else:
-            beyond = end + direction * EDGE_FRACTION * (self.high - self.low)
-        if self.name in VIRTUAL:                      # head_dim: any positive size
-            return beyond >= 1
-        try:
-            check_field(self.name, beyond)
-        except ConfigError:
-            return False
-        return True
 
     def count(self) -> int | None:
         """How many values this param can take; None for a continuous range."""
@@ -245,21 +200,6 @@ class SearchSpace:
                 if p.active(values):
                     values[p.name] = v
             yield values
-
-    def edges(self, config: dict[str, Any]) -> list[str]:
-        """One warning per sampled numeric param that a config (a trial's, usually the best)
-        has at a movable end of its range: the optimum may lie outside the space."""
-        values = {**config, "head_dim": config["d_model"] // config["n_head"]} \
-            if "d_model" in config and config.get("n_head") else dict(config)
-        warnings = []
-        for p in self.params:
-            if p.name not in values or not p.active(values) or (at := p.edge(values[p.name])) is None:
-                continue
-            side, end = at
-            where = (f"the {side} of its range" if values[p.name] == end
-                     else f"near the {side} of its range ({param_value(end, 3)})")
-            warnings.append(f"{p.name} {param_value(values[p.name], 3)} is {where}: widen it")
-        return warnings
 
     # ---------------------------------------------------------------- study policy
     def make_sampler(self, seed: int | None = None) -> optuna.samplers.BaseSampler:

@@ -10,6 +10,7 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..edges import edge_warnings
 from ..export import export_command
 from ..formats import clock, param_value
 from ..space import SearchSpace
@@ -67,7 +68,8 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
         for t in done[:top]:
             echo(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  "
                  f"{params_text(t)}")
-    edges = space.edges(done[0].user_attrs["config"]) if space and done and "config" in done[0].user_attrs else []
+    edges = edge_warnings(space, done[0].user_attrs["config"]) if space and done and "config" in done[0].user_attrs \
+        else []
     if edges:
         echo(f"\nthe best trial ({done[0].number}) is at the edge of the space; the optimum may lie outside it:")
         for line in edges:
