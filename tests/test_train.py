@@ -991,13 +991,14 @@ def test_each_compiled_run_starts_from_a_fresh_compile_state(tiny_data, tmp_path
     before): without a reset, dynamo would count every new width as a recompile of the same
     code, switch to dynamic shapes, and past its recompile limit run the blocks eagerly."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)       # one run: one graph per function
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="regional")
-    for width in (32, 48, 64):
-        result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
-        assert math.isfinite(result.val_loss)
+    # one run: one graph per function. config.patch, not monkeypatch: monkeypatch's undo deletes a
+    # torch config attribute, which breaks every later compile in the process
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for width in (32, 48, 64):
+            result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
+            assert math.isfinite(result.val_loss)
 
 
 def test_whole_step_capture_only_where_it_was_verified_on_a_gpu():
