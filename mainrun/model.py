@@ -14,6 +14,34 @@ from torch.nn import functional as F
 from .config import RunConfig
 
 
+class Dropout(nn.Module):
+    """nn.Dropout(p), but torch.compile reads p at run time instead of baking it into the graph.
+    A float p is a constant to dynamo, so each dropout value of a shape would compile anew (on an
+    H100 a cold compile was ~15 s of a ~23 s trial, and a search samples dropout); as a tensor it is
+    a graph input, and one compiled graph serves every rate. Eagerly it is nn.Dropout's own call
+    with the float, so an uncompiled run draws the very masks it always did."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = p
+        # float64: exactly the float p; a plain attribute, not a buffer, so model.to("cuda")
+        # leaves it on the CPU, where reading it never waits for the GPU (or breaks a graph capture)
+        self.rate = torch.tensor(p, dtype=torch.float64)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training:
+            return x
+        if torch.compiler.is_compiling():
+            keep = torch.rand_like(x, dtype=torch.float32) >= self.rate
+            return x * keep / (1.0 - self.rate)
+        return F.dropout(x, self.p, training=True)
+
+
+def make_dropout(p: float) -> nn.Module:
+    """No module at all without dropout: a compiled graph then draws no random numbers."""
+    return Dropout(p) if p > 0 else nn.Identity()
+
+
 def make_norm(cfg: RunConfig, dim: int) -> nn.Module:
     if cfg.norm == "rmsnorm":
         return nn.RMSNorm(dim)
@@ -37,13 +65,22 @@ class Rotary(nn.Module):
         return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
+@torch.compiler.disable
+def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout: Dropout) -> torch.Tensor:
+    """Causal attention with dropout on its probabilities, left out of compiled graphs: SDPA takes
+    dropout_p as a float only, which would make the rate a graph constant again (see Dropout).
+    In a compiled block it runs between two graphs, as the same kernel a compiled SDPA calls."""
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout.p)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, cfg: RunConfig):
         super().__init__()
-        self.n_head, self.head_dim, self.dropout = cfg.n_head, cfg.head_dim, cfg.dropout
+        self.n_head, self.head_dim = cfg.n_head, cfg.head_dim
+        self.attn_drop = make_dropout(cfg.dropout)        # its rate, for attention_with_dropout
         self.qkv = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
         self.proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
-        self.resid_drop = nn.Dropout(cfg.dropout)
+        self.resid_drop = make_dropout(cfg.dropout)
         self.rotary = Rotary(cfg.head_dim, max(cfg.block_size, cfg.eval_block_size)) if cfg.pos_emb == "rope" else None
         self.q_norm = nn.RMSNorm(cfg.head_dim) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim) if cfg.qk_norm else None
@@ -55,8 +92,10 @@ class CausalSelfAttention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.rotary is not None:
             q, k = self.rotary(q), self.rotary(k)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True,
-                                           dropout_p=self.dropout if self.training else 0.0)
+        if self.training and isinstance(self.attn_drop, Dropout):
+            y = attention_with_dropout(q, k, v, self.attn_drop)
+        else:
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         y = y.transpose(1, 2).reshape(B, T, C)
         return self.resid_drop(self.proj(y))
 
@@ -74,7 +113,7 @@ class MLP(nn.Module):
             self.gate = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.up = nn.Linear(cfg.d_model, hidden, bias=cfg.bias)
         self.down = nn.Linear(hidden, cfg.d_model, bias=cfg.bias)
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.kind == "swiglu":
@@ -114,7 +153,7 @@ class GPT(nn.Module):
         self.block_size = cfg.block_size
         self.token_emb = nn.Embedding(vocab_size, cfg.d_model)
         self.pos_emb = nn.Parameter(torch.zeros(1, cfg.block_size, cfg.d_model)) if cfg.pos_emb == "learned" else None
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = make_dropout(cfg.dropout)
         self.blocks = nn.ModuleList([Block(cfg) for _ in range(cfg.n_layer)])
         self.ln_f = make_norm(cfg, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size, bias=False)

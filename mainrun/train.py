@@ -169,13 +169,18 @@ def compile_model(model: GPT, mode: str) -> None:
     graph, so compile time does not grow with depth) and the fp32 loss, where eager mode writes
     fp32 copies of the vocabulary-wide logits; 'model' compiles everything at once.
     Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_<user>)
-    let any trial or worker on the machine load a graph another one already compiled."""
+    let any trial or worker on the machine load a graph another one already compiled, whatever
+    its dropout: the rate is an input of the graphs, not a constant (model.Dropout)."""
     if mode == "none":
         return
     # A worker trains one architecture after another: start each run from a fresh in-process
     # state, as a new process would. Otherwise dynamo counts each new width as a recompile of
     # the same code, switches to dynamic shapes, and past its recompile limit runs eagerly.
     torch.compiler.reset()
+    # With dropout, attention runs uncompiled between two graphs (model.attention_with_dropout):
+    # resume tracing inside the attention module after that break, as the module's own frame, so
+    # that a block stays two graphs around it rather than four (process-wide; read when tracing).
+    torch._dynamo.config.nested_graph_breaks = True
     for module in ([*model.blocks, model.loss] if mode == "regional" else [model]):
         module.compile()
 

@@ -7,7 +7,7 @@ import torch
 
 from helpers import TINY
 from mainrun.config import RunConfig
-from mainrun.model import GPT, MLP
+from mainrun.model import GPT, MLP, Dropout
 
 VOCAB = 300
 
@@ -154,6 +154,28 @@ def test_eval_mode_is_deterministic_and_train_mode_uses_dropout():
         assert torch.equal(model(idx)[0], model(idx)[0])
         model.train()
         assert not torch.equal(model(idx)[0], model(idx)[0])
+
+
+def test_a_compiled_dropout_reads_its_rate_at_run_time(tmp_path, monkeypatch):
+    """One compiled graph serves every rate (a search samples dropout), and it still drops: a
+    fraction p of the inputs, the rest scaled by 1 / (1 - p); a new draw each call in train
+    mode, the input itself in eval mode."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    torch.compiler.reset()
+    counters.clear()
+    ones = torch.ones(200_000)
+    for p in (0.5, 0.2):
+        dropout = Dropout(p)
+        dropout.compile()
+        first, second = dropout(ones), dropout(ones)
+        dropped = (first == 0).float().mean().item()
+        assert dropped == pytest.approx(p, abs=5 * math.sqrt(p * (1 - p) / ones.numel()))   # 5 sigma
+        assert torch.all(first[first != 0] == torch.tensor(1 / (1 - p), dtype=torch.float32))
+        assert not torch.equal(first, second)
+        dropout.eval()
+        assert torch.equal(dropout(ones), ones)
+    assert counters["stats"]["unique_graphs"] == 1      # the second rate compiled nothing (eval: no graph)
 
 
 def test_shorter_sequences_and_summed_loss():

@@ -991,13 +991,72 @@ def test_each_compiled_run_starts_from_a_fresh_compile_state(tiny_data, tmp_path
     before): without a reset, dynamo would count every new width as a recompile of the same
     code, switch to dynamic shapes, and past its recompile limit run the blocks eagerly."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
-    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 1)       # one run: one graph per function
-    monkeypatch.setattr(torch._dynamo.config, "fail_on_recompile_limit_hit", True)
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="regional")
-    for width in (32, 48, 64):
-        result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
-        assert math.isfinite(result.val_loss)
+    # one run: one graph per function. config.patch, not monkeypatch: monkeypatch's undo deletes a
+    # torch config attribute, which breaks every later compile in the process
+    with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
+        for width in (32, 48, 64):
+            result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
+            assert math.isfinite(result.val_loss)
+
+
+def test_a_new_dropout_value_of_a_compiled_shape_loads_its_graphs_from_the_cache(tiny_data, tmp_path, monkeypatch):
+    """Dropout's rate is a run-time input of the compiled graphs, not a constant baked into them:
+    in a search that samples dropout, a trial of a shape seen before loads inductor's graphs from
+    disk whatever its rate, instead of compiling cold. Attention runs uncompiled between the two
+    graphs of a block (SDPA takes its dropout as a float only: model.attention_with_dropout)."""
+    from torch._dynamo.utils import counters
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    cfg, data = tiny_data
+    cfg = cfg.replace(n_layer=2, epochs=1, optimizer="adamw", lr=3e-3, compile="regional")
+    counters.clear()
+    first = train(cfg.replace(dropout=0.5), data, device="cpu", progress=False, echo=None)
+    assert counters["inductor"]["fxgraph_cache_miss"] > 0                 # a cold cache
+    assert counters["stats"]["unique_graphs"] == 3                        # the block around attention, the loss
+    counters.clear()
+    second = train(cfg.replace(dropout=0.2), data, device="cpu", progress=False, echo=None)
+    assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
+    assert counters["aot_autograd"]["autograd_cache_hit"] > 0 and counters["aot_autograd"]["autograd_cache_miss"] == 0
+    # the graphs loaded read the new rate: same seed, same stream of random numbers, another run
+    assert math.isfinite(second.val_loss) and second.curve != first.curve
+    # and it drops at all: without dropout a compiled run is the eager run up to SCORING_RTOL (above)
+    plain = train(cfg.replace(dropout=0.0, compile="none"), data, device="cpu", progress=False, echo=None)
+    assert [v for _, v in first.curve] != pytest.approx([v for _, v in plain.curve], rel=SCORING_RTOL)
+
+
+class NnDropoutGPT(GPT):
+    """The baseline GPT as it was before dropout's rate became a tensor: nn.Dropout's F.dropout
+    and SDPA's dropout_p with the config's float, in the same order, on the same weights."""
+
+    def __init__(self, cfg: RunConfig, vocab_size: int):
+        super().__init__(cfg, vocab_size)
+        self.p = cfg.dropout
+
+    def forward(self, idx, targets=None, reduction="mean"):
+        p, training = self.p, self.training
+        x = F.dropout(self.token_emb(idx) + self.pos_emb[:, :idx.size(1), :], p, training)
+        for block in self.blocks:
+            attn, mlp = block.attn, block.mlp
+            B, T, C = x.size()
+            q, k, v = attn.qkv(block.ln1(x)).view(B, T, 3, attn.n_head, attn.head_dim).permute(2, 0, 3, 1, 4)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=p if training else 0.0)
+            x = x + F.dropout(attn.proj(y.transpose(1, 2).reshape(B, T, C)), p, training)
+            x = x + F.dropout(mlp.down(F.gelu(mlp.up(block.ln2(x)))), p, training)
+        logits = self.head(self.ln_f(x))
+        return logits, None if targets is None else self.loss(logits, targets, reduction)
+
+
+def test_an_eager_run_draws_the_dropout_masks_it_always_did(tiny_data, monkeypatch):
+    """Uncompiled runs (the CPU default, and checked-in configs with compile: none) keep their
+    values bit for bit: the same random draws from the same generator, in the same order."""
+    cfg, data = tiny_data
+    cfg = cfg.replace(n_layer=2, epochs=1, dropout=0.3, optimizer="adamw", lr=3e-3, compile="none")
+    run = train(cfg, data, device="cpu", progress=False, echo=None)
+    monkeypatch.setattr(train_mod, "GPT", NnDropoutGPT)
+    before = train(cfg, data, device="cpu", progress=False, echo=None)
+    assert run.curve == before.curve and run.train_curve == before.train_curve
+    assert before.curve != train(cfg.replace(dropout=0.1), data, device="cpu", progress=False, echo=None).curve
 
 
 def test_whole_step_capture_only_where_it_was_verified_on_a_gpu():
