@@ -2,7 +2,7 @@
 
     python -m mainrun.bench --dataset titles.txt [--runs baseline:fp32,report-000:bf16] [--json out.json]
     python -m mainrun.bench --dataset titles.txt --base studies/best-standin.yaml \
-        --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,scaled_residual_init=true
+        --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,residual_init=scaled
     python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 8 --jobs 1,2,3
 
 For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model

@@ -132,7 +132,7 @@ def resolve_compile(cfg: RunConfig, device: torch.device, say: Callable[[str], N
     """auto: regional on CUDA where Triton can build its launchers, else none (saying why there).
     An explicit mode that cannot run on this CUDA machine is refused before the run starts."""
     # On an H100, regional compilation won in a 3-worker search even though every new shape
-    # compiled from a cold cache (README, Measured); on CPU it is untimed and costs a C compiler.
+    # compiled from a cold cache (docs/performance.md); on CPU it is untimed and costs a C compiler.
     blocker = cuda_compile_blocker() if device.type == "cuda" and cfg.compile != "none" else None
     if cfg.compile == "auto":
         if blocker:
@@ -398,7 +398,7 @@ class Scorer:
         total = torch.zeros((), device=x.device)
         # Eagerly, even when the blocks are compiled: scoring's no-grad graphs would be two more
         # to compile in every run's setup (on an H100: ~2.4 s for a new shape, ~0.7 s from the
-        # cache) for 0.3 s less scoring over the baseline's 22 passes (README, Measured).
+        # cache) for 0.3 s less scoring over the baseline's 22 passes (docs/performance.md).
         with autocast(x.device, self.precision), torch.compiler.set_stance("force_eager"):
             for start in range(0, self.width, chunk):
                 _, loss = self.model(x[:, start:start + chunk], y[:, start:start + chunk], reduction="sum")

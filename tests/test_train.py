@@ -931,7 +931,7 @@ def test_the_memory_estimate_grows_with_what_costs_memory():
 
 # ---------------------------------------------------------------------- torch.compile
 def test_compile_auto_is_regional_on_cuda_only_and_an_explicit_mode_is_kept():
-    """The default: regional compilation won on the H100 (README, Measured); on CPU it is
+    """The default: regional compilation won on the H100 (docs/performance.md); on CPU it is
     untimed, so CPU runs, and these tests, stay eager unless a config asks."""
     auto = RunConfig()
     assert auto.compile == "auto"

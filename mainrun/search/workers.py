@@ -71,7 +71,7 @@ class Admission:
     """Decides, one worker at a time on this machine, whether another trial is needed.
     The lock is held from the check until the new trial exists (the objective releases
     it), so two workers never both take the last slot. Across machines the check is
-    still made, but unlocked (see README)."""
+    still made, but unlocked (see docs/search.md)."""
 
     def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
         self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
