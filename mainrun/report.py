@@ -20,6 +20,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from .confirm.figures import confirmed_section
 from .errors import SearchError
 from .export import export_command
 from .formats import duration
@@ -395,6 +396,9 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
+        confirmed = confirmed_section(study, out)      # None: the study has no confirmation
+    if confirmed:
+        pngs.append(confirmed["png"])
 
     best_yaml = None
     if best is not None and best.user_attrs.get("config"):
@@ -408,7 +412,8 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         metric=METRIC, target_name=target_name, totals=totals, cards=totals_cards(totals, best, baseline),
         best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
         shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
-        columns=columns, all_rows=all_rows(trials), pngs=pngs), encoding="utf-8")
+        columns=columns, all_rows=all_rows(trials), pngs=pngs, confirmed=confirmed,
+        export_confirmed=export_command(storage_url, study.study_name, confirmed=True)), encoding="utf-8")
     return index
 
 
