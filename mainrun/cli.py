@@ -298,9 +298,10 @@ def export_main(argv: list[str] | None = None) -> int:
     except MainrunError as e:
         _fail(str(e))
     if args.confirmed:
-        s = best.spread
-        print(f"exported {best.finalist.label} (val_loss mean {s.mean:.6f}"
-              f"{f' ± {s.sd:.6f}' if s.sd is not None else ''} over {s.n} train seeds) to {args.out}")
+        spread = best.spread
+        sd = f" ± {spread.sd:.6f}" if spread.sd is not None else ""
+        print(f"exported {best.finalist.label} (val_loss mean {spread.mean:.6f}{sd} over {spread.n} train seeds) "
+              f"to {args.out}")
         print(f"next: mainrun-train --config {args.out}")
         return 0
     if trial.state == TrialState.COMPLETE:

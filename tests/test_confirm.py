@@ -320,6 +320,25 @@ def test_a_killed_confirmation_reruns_only_what_is_missing(tmp_path, titles_file
     assert len(after) == len(before) + 1
 
 
+def test_a_run_that_fails_for_good_ends_the_confirmation_without_a_blank_trial(tmp_path, titles_file, capsys):
+    """A run refused for memory fails for good: the workers ask for no trial of their own after
+    it (none would carry a config to train), and the confirmation says which run has no value."""
+    from mainrun.confirm.run import ConfirmOptions, run_confirm
+    from mainrun.data import prepare_data
+    from mainrun.storage import StorageSettings
+    url = f"sqlite:///{tmp_path / 'f.db'}"
+    sha = prepare_data(RunConfig.from_dict(tiny_config(titles_file)), log=lambda _m: None).titles_sha256
+    search_study(url, "f", titles_file, [(1.0, {}, None)], sha=sha)
+    code = run_confirm(ConfirmOptions(study="f", storage=StorageSettings(url), seed_list=[5], device="cpu",
+                                      artifacts=str(tmp_path / "a"), memory_budget_gib=1e-6))
+    out = capsys.readouterr().out
+    assert code == 1, out[-3000:]
+    runs = optuna.load_study(study_name="f-confirm", storage=url).trials
+    assert [(t.state, t.user_attrs.get("train_seed")) for t in runs] == [(TrialState.FAIL, 5)]
+    assert "trial 0: seed 5 has no value (failed: does not fit" in out
+    assert "confirm: 1 run(s) have no value (trial 0 seed 5)" in out
+
+
 # ---------------------------------------------------------------------- the GPU evidence's study
 def test_the_standin_space_enqueues_exactly_the_four_configs():
     """search_spaces/confirm-standin.yaml trains the checked-in best, its no-QK-norm variant and
