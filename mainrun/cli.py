@@ -140,10 +140,40 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _add_worker_flags(parser: argparse.ArgumentParser, dataset_help: str) -> None:
+    """Where the workers of a search or a confirmation train, and how they find each other."""
+    from .storage import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
+    parser.add_argument("--storage", default=DEFAULT_STORAGE,
+                        help="SQLAlchemy URL of the study database (default: %(default)s); "
+                             "postgresql+psycopg://user@host/db to share a study between machines")
+    parser.add_argument("--dataset", help=dataset_help)
+    parser.add_argument("--device", default="auto", help="device for the workers: auto (default), cpu, cuda, cuda:1")
+    parser.add_argument("--jobs", type=_positive, default=1, help="worker processes on this machine (default: 1)")
+    parser.add_argument("--gpus", type=_gpu_list, help="GPU indices, one set of workers per GPU, e.g. 0,1,2,3")
+    parser.add_argument("--jobs-per-gpu", type=_positive, default=1, help="workers per GPU with --gpus (default: 1)")
+    parser.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
+                        help="device memory one trial may use; a trial whose estimated need is larger is refused "
+                             "before it starts, recorded as failed with the reason (default on a GPU: its memory "
+                             "divided by the workers sharing it; on the CPU: no limit)")
+    parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
+    parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
+    parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
+                        help="seconds between worker heartbeats (default: %(default)s)")
+    parser.add_argument("--heartbeat-grace", type=_positive, default=HEARTBEAT_GRACE,
+                        help="seconds without a heartbeat before a trial counts as lost and is retried "
+                             "(default: %(default)s)")
+
+
+def _check_workers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if args.gpus and args.jobs != 1:
+        parser.error("--jobs goes with one device; with --gpus use --jobs-per-gpu")
+    if args.heartbeat_grace <= args.heartbeat:
+        parser.error("--heartbeat-grace must be longer than --heartbeat")
+
+
 @_interruptible
 def search_main(argv: list[str] | None = None) -> int:
     from .policy import PRUNERS, SAMPLERS
-    from .storage import DEFAULT_STORAGE, HEARTBEAT_GRACE, HEARTBEAT_INTERVAL
 
     parser = argparse.ArgumentParser(
         prog="mainrun-search",
@@ -153,23 +183,12 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trials", type=_positive, default=40,
                         help="TOTAL finished trials (complete + pruned) the study should end with, not 'N more': "
                              "a re-run after an interruption runs only the missing ones (default: %(default)s)")
-    parser.add_argument("--storage", default=DEFAULT_STORAGE,
-                        help="SQLAlchemy URL of the study database (default: %(default)s); "
-                             "postgresql+psycopg://user@host/db to share a study between machines")
     parser.add_argument("--study", help="study name (default: the space file's stem)")
     parser.add_argument("--new-study", action="store_true",
                         help="if the study exists with another space or dataset, resume the first NAME-2 (NAME-3, ...) "
                              "made from these inputs, or start the next free one")
-    parser.add_argument("--dataset", help="hub id or local titles file/folder (default: the Mainrun hub dataset)")
-    parser.add_argument("--device", default="auto", help="device for the workers: auto (default), cpu, cuda, cuda:1")
-    parser.add_argument("--jobs", type=_positive, default=1, help="worker processes on this machine (default: 1)")
-    parser.add_argument("--gpus", type=_gpu_list, help="GPU indices, one set of workers per GPU, e.g. 0,1,2,3")
-    parser.add_argument("--jobs-per-gpu", type=_positive, default=1, help="workers per GPU with --gpus (default: 1)")
+    _add_worker_flags(parser, "hub id or local titles file/folder (default: the Mainrun hub dataset)")
     parser.add_argument("--seed", type=int, help="sampler seed: makes a one-worker search repeatable")
-    parser.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
-                        help="device memory one trial may use; a trial whose estimated need is larger is refused "
-                             "before it starts, recorded as failed with the reason (default on a GPU: its memory "
-                             "divided by the workers sharing it; on the CPU: no limit)")
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="start no new trial after this many seconds (running trials finish); the search "
                              "ends at --trials or here, whichever comes first")
@@ -181,21 +200,14 @@ def search_main(argv: list[str] | None = None) -> int:
                              "part of the study's identity, like the space itself")
     parser.add_argument("--pruner", choices=sorted(PRUNERS),
                         help="use this pruner instead of the space file's (none: every trial runs to the end)")
-    parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
-    parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="also write each trial's TensorBoard event files (train/loss, val/loss, lr, tokens/s) "
                              "into DIR/STUDY/trial-N; needs the tensorboard extra")
-    parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
-                        help="seconds between worker heartbeats (default: %(default)s)")
-    parser.add_argument("--heartbeat-grace", type=_positive, default=HEARTBEAT_GRACE,
-                        help="seconds without a heartbeat before a trial counts as lost and is retried "
-                             "(default: %(default)s)")
+    parser.add_argument("--confirm", type=_positive, metavar="K",
+                        help="when the search is done, confirm its K best configs and its references on 3 extra "
+                             "train seeds, on the same workers (as mainrun-confirm --top K)")
     args = parser.parse_args(argv)
-    if args.gpus and args.jobs != 1:
-        parser.error("--jobs goes with one device; with --gpus use --jobs-per-gpu")
-    if args.heartbeat_grace <= args.heartbeat:
-        parser.error("--heartbeat-grace must be longer than --heartbeat")
+    _check_workers(parser, args)
 
     from .search import SearchOptions, plan_search, run_search
     from .storage import StorageSettings
@@ -205,9 +217,58 @@ def search_main(argv: list[str] | None = None) -> int:
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
-        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard)
+        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard, confirm=args.confirm)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
+    except MainrunError as e:
+        _fail(str(e))
+
+
+# ---------------------------------------------------------------------- mainrun-confirm
+def _seed_list(text: str) -> list[int]:
+    try:
+        return [int(s) for s in text.split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected train seeds such as 1,2,3; got {text!r}") from None
+
+
+@_interruptible
+def confirm_main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="mainrun-confirm",
+        description="Confirm a search's finalists (its best configs and the baseline, report-000 and report-003 "
+                    "it enqueued) on extra train seeds, the same seeds for every config, in the companion study "
+                    "NAME-confirm; print each config's mean ± sd and 95% CI and whether the best beats the "
+                    "references and the runner-up (paired t-test). Re-running the same command runs only what "
+                    "is missing.")
+    parser.add_argument("--study", required=True, help="the search study to confirm")
+    parser.add_argument("--top", type=_positive, default=3,
+                        help="confirm the K best complete trials with distinct configs (default: %(default)s), "
+                             "plus the references")
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=_positive, metavar="N",
+                       help="extra train seeds 1..N for every config (default: 3); the official seed (1337) is "
+                            "the search's own run")
+    seeds.add_argument("--seed-list", type=_seed_list, metavar="S1,S2,...",
+                       help="these extra train seeds instead (no repeats, not the official seed)")
+    _add_worker_flags(parser, "another path to the titles the study was searched on (they must hash the same; "
+                              "default: the study's dataset)")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the finalists, the seeds and the runs still missing, then exit: nothing is "
+                             "created or trained")
+    args = parser.parse_args(argv)
+    _check_workers(parser, args)
+
+    from .confirm.run import ConfirmOptions, run_confirm
+    from .storage import StorageSettings
+
+    opts = ConfirmOptions(
+        study=args.study, storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), top=args.top,
+        seeds=args.seeds, seed_list=args.seed_list, dataset=args.dataset, device=args.device, jobs=args.jobs,
+        gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, cache_dir=args.cache_dir, artifacts=args.artifacts,
+        memory_budget_gib=args.memory_budget)
+    try:
+        return run_confirm(opts, dry_run=args.dry_run)
     except MainrunError as e:
         _fail(str(e))
 
@@ -221,17 +282,31 @@ def export_main(argv: list[str] | None = None) -> int:
         description="Write a trial's complete run config (default: the best trial) for mainrun-train --config.")
     parser.add_argument("--study", required=True)
     parser.add_argument("--storage", default=DEFAULT_STORAGE, help="default: %(default)s")
-    parser.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--trial", type=int, help="trial number (default: the best complete trial)")
+    which.add_argument("--confirmed", action="store_true",
+                       help="the config with the best mean over its train seeds in the study's confirmation "
+                            "(mainrun-confirm), not the best single run")
     parser.add_argument("--out", required=True, help="output YAML file")
     args = parser.parse_args(argv)
 
     from optuna.trial import TrialState
 
-    from .export import export_trial
+    from .export import export_confirmed, export_trial
     try:
-        trial = export_trial(args.storage, args.study, args.out, args.trial)
+        if args.confirmed:
+            best = export_confirmed(args.storage, args.study, args.out)
+        else:
+            trial = export_trial(args.storage, args.study, args.out, args.trial)
     except MainrunError as e:
         _fail(str(e))
+    if args.confirmed:
+        spread = best.spread
+        sd = f" ± {spread.sd:.6f}" if spread.sd is not None else ""
+        print(f"exported {best.finalist.label} (val_loss mean {spread.mean:.6f}{sd} over {spread.n} train seeds) "
+              f"to {args.out}")
+        print(f"next: mainrun-train --config {args.out}")
+        return 0
     if trial.state == TrialState.COMPLETE:
         print(f"exported trial {trial.number} (val_loss {trial.value:.6f}) to {args.out}")
     else:                         # its config runs, but no full run of it has a number to reproduce

@@ -1,4 +1,5 @@
-"""mainrun-export: a trial's recorded run config, written as a YAML file that mainrun-train runs."""
+"""mainrun-export: a trial's recorded run config (or a confirmation's best), written as a YAML file that
+mainrun-train runs; and the command lines that export and confirm, for the closing lines of the tools."""
 from __future__ import annotations
 
 import shlex
@@ -11,7 +12,7 @@ from optuna.trial import TrialState
 from . import __version__
 from .config import RunConfig
 from .errors import SearchError
-from .storage import DEFAULT_STORAGE, open_study_readonly, redact
+from .storage import open_study_readonly, storage_flag
 
 
 def export_trial(storage_url: str, study_name: str, out: str,
@@ -38,15 +39,50 @@ def export_trial(storage_url: str, study_name: str, out: str,
     header = (f"mainrun run config exported from study '{study_name}', trial {trial.number} ({outcome})\n"
               f"exported {time.strftime('%Y-%m-%d %H:%M:%S')} by mainrun {__version__}\n"
               f"{run}: mainrun-train --config {Path(out).name}")
+    _write(cfg, out, header)
+    return trial
+
+
+def export_confirmed(storage_url: str, study_name: str, out: str):
+    """Write the run config of the confirmed config with the best mean over its train seeds (the
+    official run's config: train_seed null); return its `Confirmed` entry."""
+    from .confirm.companion import read_companion
+    from .confirm.console import spread_text
+    from .confirm.results import read_confirmation
+    from .confirm.stats import LEVEL
+    study = open_study_readonly(storage_url, study_name)
+    companion = read_companion(study)
+    best = read_confirmation(study, companion).best if companion is not None else None
+    if best is None:
+        raise SearchError(f"study '{study_name}' has no confirmation yet; run: {confirm_command(storage_url, study_name)}")
+    trial, (mean, ci) = best.finalist.trial, spread_text(best.spread)
+    cfg = RunConfig.from_dict(trial.user_attrs["config"], source=f"trial {trial.number}")
+    seeds = ", ".join([f"{best.official_seed} (official)"] + [str(s) for s in sorted(best.values)
+                                                             if s != best.official_seed])
+    header = (f"mainrun run config exported from study '{study_name}': the best mean of its confirmation, "
+              f"{best.finalist.label}\n"
+              f"val_loss mean ± sd {mean} over {best.spread.n} train seeds ({seeds}); "
+              f"{LEVEL:.0%} CI of the mean {ci}; official (train seed {best.official_seed}) {best.official:.6f}\n"
+              f"exported {time.strftime('%Y-%m-%d %H:%M:%S')} by mainrun {__version__}\n"
+              f"reproduce the official run: mainrun-train --config {Path(out).name}")
+    _write(cfg, out, header)
+    return best
+
+
+def _write(cfg: RunConfig, out: str, header: str) -> None:
     try:
         cfg.to_yaml(out, header=header)
     except OSError as e:
         raise SearchError(f"cannot write {out}: {e.strerror or e}") from None
-    return trial
 
 
-def export_command(storage_url: str, study_name: str) -> str:
-    """The shell line that exports a study's best trial and trains it (names quoted for the shell)."""
-    storage = "" if storage_url == DEFAULT_STORAGE else f" --storage {shlex.quote(redact(storage_url))}"
-    return (f"mainrun-export --study {shlex.quote(study_name)}{storage} --out best.yaml && "
-            "mainrun-train --config best.yaml")
+def export_command(storage_url: str, study_name: str, confirmed: bool = False) -> str:
+    """The shell line that exports a study's best trial (or, `confirmed`, its config with the
+    best confirmed mean) and trains it (names quoted for the shell)."""
+    return (f"mainrun-export --study {shlex.quote(study_name)}{storage_flag(storage_url)}"
+            f"{' --confirmed' if confirmed else ''} --out best.yaml && mainrun-train --config best.yaml")
+
+
+def confirm_command(storage_url: str, study_name: str) -> str:
+    """The shell line that confirms a study's finalists on extra train seeds."""
+    return f"mainrun-confirm --study {shlex.quote(study_name)}{storage_flag(storage_url)}"

@@ -21,6 +21,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from .config import parse_yaml_text
+from .confirm.figures import confirmed_section
 from .curves import curves_figure, trial_curves, write_curves_png
 from .edges import edge_warnings
 from .errors import ConfigError, SearchError
@@ -441,6 +442,7 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
+        confirmed = confirmed_section(study, out)      # None: the study has no confirmation
     if runs:
         plots.insert(2, ("Training curves", plot_div(curves_figure(runs), "plot-curves"),
                          "Against the training step: the training loss (per token, the mean over each read of "
@@ -449,6 +451,8 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         pngs.append(write_curves_png(runs, out / "curves.png", dpi=PNG_DPI, size=(10, 8)))
     else:
         plots.insert(2, ("Training curves", "", " ".join(no_curves) or "No trial to show."))
+    if confirmed:
+        pngs.append(confirmed["png"])
 
     best_yaml = None
     if best is not None and best.user_attrs.get("config"):
@@ -463,7 +467,8 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
         edges=recorded_space_edges(study, best),
         shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
-        columns=columns, all_rows=all_rows(trials), pngs=pngs), encoding="utf-8")
+        columns=columns, all_rows=all_rows(trials), pngs=pngs, confirmed=confirmed,
+        export_confirmed=export_command(storage_url, study.study_name, confirmed=True)), encoding="utf-8")
     return index
 
 

@@ -11,7 +11,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from ..edges import edge_warnings
-from ..export import export_command
+from ..export import confirm_command, export_command
 from ..formats import clock, param_value
 from ..space import SearchSpace
 from ..storage import redact
@@ -53,8 +53,9 @@ def trial_line(trial: FrozenTrial, *, best: FrozenTrial | None, finished: int, t
         outcome = f"val_loss {last:.4f} pruned at eval {trial.last_step}"
     else:
         outcome = f"FAILED ({trial.user_attrs.get('fail_reason', 'see log')})"
+    what = params_text(trial) or trial.user_attrs.get("confirms", "")      # a confirmation's run has no params
     return (f"trial {trial.number:>3} | {outcome} | {best_text} | {finished}/{trials} finished | "
-            f"{clock(elapsed)} elapsed, ETA {eta} | {params_text(trial)}")
+            f"{clock(elapsed)} elapsed, ETA {eta} | {what}")
 
 
 def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: int = 5, echo: Echo = say,
@@ -77,6 +78,7 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
     echo("\nnext:")
     echo(f"  {dashboard_command(storage_url, artifacts)}")
     echo(f"  {export_command(storage_url, study.study_name)}")
+    echo(f"  {confirm_command(storage_url, study.study_name)}   # the best configs on extra train seeds")
 
 
 def dashboard_command(storage_url: str, artifacts: Path) -> str:

@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import optuna
+
 from ..config import RunConfig
 from ..data import prepare_data
 from ..errors import SearchError
@@ -17,11 +19,45 @@ from ..storage import StorageSettings, artifact_dir, check_storage_url, open_sto
 from .console import NO_GPU_WARNING, Echo, dashboard_command, print_summary, say
 from .objective import SearchObjective
 from .study import finished_count, open_study
-from .workers import WorkerContext, optuna_quieted, run_rounds, usable_cpus
+from .workers import ObjectiveFactory, WorkerContext, optuna_quieted, run_rounds, usable_cpus
+
+
+class WorkerPlacement:
+    """Where a command's workers train and with what memory, for options that carry `device`,
+    `jobs`, `gpus`, `jobs_per_gpu`, `storage`, `artifacts` and `memory_budget_gib`: a search's,
+    and the confirmation that runs its finalists on the same workers."""
+
+    def uses_gpu(self) -> bool:
+        """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
+        import torch
+        return bool(self.gpus) or self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+
+    def worker_devices(self, gpu: bool) -> list[str]:
+        """One device name per worker, each checked to exist here before anything is created."""
+        from ..train import resolve_device
+        if self.gpus:
+            devices = [f"cuda:{g}" for g in self.gpus for _ in range(self.jobs_per_gpu)]
+        else:
+            devices = [("cuda" if gpu else "cpu") if self.device == "auto" else self.device] * max(1, self.jobs)
+        for name in sorted(set(devices)):
+            resolve_device(name)
+        return devices
+
+    def worker_contexts(self, objective: ObjectiveFactory, study: optuna.Study, trials: int, devices: list[str],
+                        artifacts: Path, start: float, deadline: float | None = None,
+                        enqueued_only: bool = False, tensorboard: str | None = None) -> list[WorkerContext]:
+        """One context per worker; CPU workers share the cores this process may use."""
+        threads = None if any(d.startswith("cuda") for d in devices) else max(1, usable_cpus() // len(devices))
+        return [WorkerContext(objective=objective, storage=self.storage, study_name=study.study_name, trials=trials,
+                              device=dev, artifacts=str(artifacts), worker=i, start_time=start,
+                              finished_at_start=finished_count(study), threads=threads,
+                              memory_budget_gib=self.memory_budget_gib, workers_on_device=devices.count(dev),
+                              deadline=deadline, enqueued_only=enqueued_only, tensorboard=tensorboard)
+                for i, dev in enumerate(devices)]
 
 
 @dataclass
-class SearchOptions:
+class SearchOptions(WorkerPlacement):
     space: str
     trials: int = 40
     storage: StorageSettings = field(default_factory=StorageSettings)
@@ -40,11 +76,7 @@ class SearchOptions:
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
     tensorboard: str | None = None       # a folder for each trial's TensorBoard event files
-
-    def uses_gpu(self) -> bool:
-        """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
-        import torch
-        return bool(self.gpus) or self.device.startswith("cuda") or (self.device == "auto" and torch.cuda.is_available())
+    confirm: int | None = None           # then confirm the best `confirm` configs on extra train seeds
 
     def base_config(self, space: SearchSpace) -> RunConfig:
         """What every trial starts from: the space's fixed fields, then --dataset."""
@@ -60,14 +92,14 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
     gpu = opts.uses_gpu()
     if not gpu and not space.cpu_ok:
         echo(NO_GPU_WARNING)
-    devices = _worker_devices(opts, gpu)
+    devices = opts.worker_devices(gpu)
     check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
     if opts.tensorboard:
         from ..tensorboard import summary_writer_class
         summary_writer_class()                                      # a missing package, too
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
-    _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
+    check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
     with optuna_quieted():
         storage = open_storage(opts.storage)                        # creates nothing if the data is unusable
         study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.new_study,
@@ -84,32 +116,21 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
                  f"--trials {opts.trials}; nothing to run (raise --trials to run more)")
         objective = SearchObjective(space=space, base=base, titles_sha256=data.titles_sha256, sampler=opts.sampler,
                                     pruner=opts.pruner, cache_dir=opts.cache_dir, seed=opts.seed)
-        threads = max(1, usable_cpus() // len(devices)) if not gpu else None
-        contexts = [WorkerContext(objective=objective, storage=opts.storage, study_name=study.study_name,
-                                  trials=opts.trials, device=dev, artifacts=str(artifacts), worker=i,
-                                  start_time=start, finished_at_start=finished_at_start, threads=threads,
-                                  memory_budget_gib=opts.memory_budget_gib, workers_on_device=devices.count(dev),
-                                  deadline=start + opts.timeout if opts.timeout else None,
-                                  tensorboard=opts.tensorboard)
-                    for i, dev in enumerate(devices)]
+        contexts = opts.worker_contexts(objective, study, opts.trials, devices, artifacts, start,
+                                        deadline=start + opts.timeout if opts.timeout else None,
+                                        tensorboard=opts.tensorboard)
         code = run_rounds(study, contexts, opts.trials, echo)
     print_summary(study, opts.storage.url, artifacts, echo=echo, space=space)
+    if opts.confirm and code != 0:
+        echo("confirm: not started, since the search did not finish")
+    elif opts.confirm:
+        from ..confirm.run import ConfirmOptions, run_confirm
+        echo("")
+        code = run_confirm(ConfirmOptions.after_search(opts, study.study_name), echo)
     return code
 
 
-def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
-    """One device name per worker, each checked to exist here before anything is created."""
-    from ..train import resolve_device
-    if opts.gpus:
-        devices = [f"cuda:{g}" for g in opts.gpus for _ in range(opts.jobs_per_gpu)]
-    else:
-        devices = [("cuda" if gpu else "cpu") if opts.device == "auto" else opts.device] * max(1, opts.jobs)
-    for name in sorted(set(devices)):
-        resolve_device(name)
-    return devices
-
-
-def _check_folder_can_be_made(folder: Path) -> None:
+def check_folder_can_be_made(folder: Path) -> None:
     """Refuse a folder that cannot exist (a file on its path) or cannot be written, creating nothing."""
     existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     if not existing.is_dir():

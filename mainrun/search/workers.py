@@ -65,6 +65,7 @@ class WorkerContext:
     workers_on_device: int = 1
     deadline: float | None = None        # --timeout: no trial starts after this time.time()
     tensorboard: str | None = None       # --tensorboard: each trial's event files in DIR/<study>/trial-<n>
+    enqueued_only: bool = False          # the objective runs enqueued trials only: ask only while one waits
 
 
 class Admission:
@@ -73,9 +74,10 @@ class Admission:
     it), so two workers never both take the last slot. Across machines the check is
     still made, but unlocked (see docs/search.md)."""
 
-    def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
+    def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None,
+                 enqueued_only: bool = False):
         self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
-        self.trials, self.deadline = trials, deadline
+        self.trials, self.deadline, self.enqueued_only = trials, deadline, enqueued_only
 
     def needed(self, study: optuna.Study) -> bool:
         """Acquire, then check. True: keep the lock (released when the trial starts)."""
@@ -87,7 +89,9 @@ class Admission:
         # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
         # trial a worker asks for *is* the oldest waiting one.
         in_hand = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING))
-        if in_hand < self.trials:
+        # An objective that runs only enqueued trials (a confirmation's) would get a blank trial
+        # of its own if it asked with none waiting: one failed for good leaves none to take.
+        if in_hand < self.trials and (counts[TrialState.WAITING] or not self.enqueued_only):
             return True
         self.lock.release()
         return False
@@ -111,7 +115,7 @@ def run_worker(ctx: WorkerContext) -> int:
 
 def _run_trials(ctx: WorkerContext) -> int:
     echo = worker_echo(ctx.worker)
-    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline)
+    admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline, ctx.enqueued_only)
     try:
         study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
         objective = _admitted(ctx.objective.build(study, ctx), admission)
@@ -259,6 +263,9 @@ def run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int, 
             return code
         if finished_count(study) >= trials:
             break
+        counts = tally(study)
+        if contexts[0].enqueued_only and not counts[TrialState.WAITING] + counts[TrialState.RUNNING]:
+            break                                # the runs left failed for good: none to take
         if EXIT_INPUTS_CHANGED in codes:        # the worker said why; another round would say it again
             return EXIT_INPUTS_CHANGED
         if _past(contexts[0].deadline):
