@@ -1,17 +1,25 @@
 """Where a config sits at the edge of a search space: when the best trial's value is an end of
 its range, the optimum may lie outside the space, and the range should be widened.
 
-The search's closing summary and mainrun-report call `edge_warnings` on the best config.
+The search's closing summary calls `edge_warnings` on the best config; mainrun-report and
+mainrun-confirm call `recorded_space_edges` on the best (confirmed) one, from the space the study
+recorded.
 """
 from __future__ import annotations
 
 import math
 from typing import Any
 
-from .config import check_field, is_number
+from typing import TYPE_CHECKING
+
+from .config import check_field, is_number, parse_yaml_text
 from .errors import ConfigError
 from .formats import param_value
-from .space import VIRTUAL, Param, SearchSpace
+from .space import VIRTUAL, Param, SearchSpace, parse_space
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
 
 # A continuous value this close to an end of its range (as a fraction of the range, of its log
 # for a log range) counts as at the edge: a sampler rarely draws an end exactly.
@@ -32,6 +40,20 @@ def edge_warnings(space: SearchSpace, config: dict[str, Any]) -> list[str]:
                  else f"near the {side} of its range ({param_value(end, 3)})")
         warnings.append(f"{p.name} {param_value(values[p.name], 3)} is {where}: widen it")
     return warnings
+
+
+def recorded_space_edges(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
+    """`edge_warnings` for `trial`'s config in the space the study recorded (its `space_yaml`);
+    nothing for a study without a readable recorded space, or a trial without a config."""
+    text, config = study.user_attrs.get("space_yaml"), (trial.user_attrs.get("config") if trial else None)
+    if not isinstance(text, str) or not isinstance(config, dict):
+        return []
+    try:
+        space = parse_space(parse_yaml_text(text, "the recorded space"), study.user_attrs.get("space_file", "space"),
+                            text)
+    except ConfigError:
+        return []
+    return edge_warnings(space, config)
 
 
 def edge(p: Param, value: Any) -> tuple[str, Any] | None:

@@ -20,16 +20,14 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import parse_yaml_text
 from .confirm.figures import confirmed_section
 from .curves import curves_figure, trial_curves, write_curves_png
-from .edges import edge_warnings
-from .errors import ConfigError, SearchError
+from .edges import recorded_space_edges
+from .errors import SearchError
 from .export import export_command
 from .formats import duration
 from .pages import PNG_DPI, output_folder, plot_div, render_page
 from .search.study import METRIC, best_trial, display_params
-from .space import parse_space
 from .storage import open_study_readonly, redact
 
 # Fewer complete trials than this: no importances (PED-ANOVA compares the top 10% of the complete
@@ -261,20 +259,6 @@ def curve_runs(by_number: dict[int, FrozenTrial], best: FrozenTrial | None, base
     return runs, missing
 
 
-def recorded_space_edges(study: optuna.Study, trial: FrozenTrial | None) -> list[str]:
-    """Where `trial`'s config sits at a movable end of the study's recorded space (see
-    edges.edge_warnings); nothing for a study without a readable recorded space."""
-    text, config = study.user_attrs.get("space_yaml"), (trial.user_attrs.get("config") if trial else None)
-    if not isinstance(text, str) or not isinstance(config, dict):
-        return []
-    try:
-        space = parse_space(parse_yaml_text(text, "the recorded space"), study.user_attrs.get("space_file", "space"),
-                            text)
-    except ConfigError:
-        return []
-    return edge_warnings(space, config)
-
-
 # ---------------------------------------------------------------------- PNG copies
 def write_pngs(study: optuna.Study, out: Path, by_number: dict[int, FrozenTrial], best: FrozenTrial | None,
                baseline: FrozenTrial | None, n_complete: int, target_name: str) -> list[Path]:
@@ -465,7 +449,8 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
         "report.html.j2", f"mainrun report: {study.study_name}", study=study, storage=redact(storage_url),
         metric=METRIC, target_name=target_name, totals=totals, cards=totals_cards(totals, best, baseline),
         best=best, best_yaml=best_yaml, export=export_command(storage_url, study.study_name), plots=plots,
-        edges=recorded_space_edges(study, best),
+        edges=recorded_space_edges(study, confirmed["confirmation"].best.finalist.trial if confirmed else best),
+        edges_of="the confirmed best (best mean)" if confirmed else "the best trial",
         shown=min(top, n_complete), baseline_below=any(row["rank"] > top for row in rows), top_rows=rows,
         columns=columns, all_rows=all_rows(trials), pngs=pngs, confirmed=confirmed,
         export_confirmed=export_command(storage_url, study.study_name, confirmed=True)), encoding="utf-8")

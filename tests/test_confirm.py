@@ -164,6 +164,23 @@ def test_the_report_has_a_confirmed_section(lucky_study, tmp_path):
     assert "Confirmed on extra" not in build_report(url, plain.study_name, tmp_path / "out2").read_text()
 
 
+def test_the_edges_named_are_those_of_the_best_by_mean_not_of_the_best_run(lucky_study, tmp_path, capsys):
+    """lr 2e-3 (trial 1, the best mean) is the top of the recorded space's lr values; lr 1e-3
+    (trial 0, the best single run) is inside: the confirmation and the report name trial 1's."""
+    from mainrun.confirm.companion import read_companion
+    from mainrun.confirm.console import print_confirmation
+    from mainrun.confirm.results import read_confirmation
+    from mainrun.report import build_report
+    url, study = lucky_study
+    study.set_user_attr("space_yaml", "params:\n  lr: {values: [0.0005, 0.001, 0.002]}\n")
+    print_confirmation(read_confirmation(study, read_companion(study)), url, print, study)
+    out = capsys.readouterr().out
+    assert "the confirmed best (trial 1) is at the edge of the space" in out
+    assert "  lr 0.002 is the top of its range: widen it" in out
+    page = build_report(url, "lucky", tmp_path / "out").read_text()
+    assert "Where the confirmed best (best mean) sits at the edge" in page and "<li>lr 0.002 is the top" in page
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--study", "nope"], "no study 'nope'"),
     (["--seeds", "0"], "--seeds: expected a positive integer"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import shlex
 from typing import TYPE_CHECKING
 
+from ..edges import recorded_space_edges
 from ..export import export_command
 from ..search.console import Echo
 from ..storage import storage_flag
@@ -11,6 +12,8 @@ from .companion import companion_name
 from .stats import CURSE_SDS, LEVEL, Spread
 
 if TYPE_CHECKING:
+    import optuna
+
     from .results import Confirmation, Confirmed
     from .run import Plan
 
@@ -67,10 +70,16 @@ def winners_curse_text(x: Confirmed) -> str:
             "run; expect its mean")
 
 
-def print_confirmation(c: Confirmation, storage_url: str, echo: Echo) -> None:
+def print_confirmation(c: Confirmation, storage_url: str, echo: Echo, search: optuna.Study | None = None) -> None:
+    """The table and verdicts; then where the best by mean sits at the edge of the search's space."""
     echo("")
     for line in confirmation_lines(c):
         echo(line)
+    edges = recorded_space_edges(search, c.best.finalist.trial) if search is not None and c.best else []
+    if edges:
+        echo(f"\nthe confirmed best ({c.best.name}) is at the edge of the space; the optimum may lie outside it:")
+        for line in edges:
+            echo(f"  {line}")
     echo("\nnext:")
     echo(f"  {export_command(storage_url, c.study, confirmed=True)}")
     echo(f"  mainrun-report --study {shlex.quote(c.study)}{storage_flag(storage_url)} --out report-{c.study}")

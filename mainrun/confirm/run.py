@@ -178,7 +178,7 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
                                             enqueued_only=True)
             code = run_rounds(companion, contexts, trials, echo)
         confirmation = read_confirmation(search, companion)
-    print_confirmation(confirmation, opts.storage.url, echo)
+    print_confirmation(confirmation, opts.storage.url, echo, search)
     short = [f"{c.name} seed {s}" for c in confirmation.configs for s in plan.seeds
              if c.finalist.key in {f.key for f in plan.finalists} and s not in c.values]
     if code == 0 and short:
