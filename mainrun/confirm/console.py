@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 from ..edges import recorded_space_edges
 from ..export import export_command
-from ..search.console import Echo
+from ..search.console import Echo, print_edges
 from ..storage import storage_flag
 from .companion import companion_name
 from .stats import CURSE_SDS, LEVEL, Spread
@@ -75,11 +75,8 @@ def print_confirmation(c: Confirmation, storage_url: str, echo: Echo, search: op
     echo("")
     for line in confirmation_lines(c):
         echo(line)
-    edges = recorded_space_edges(search, c.best.finalist.trial) if search is not None and c.best else []
-    if edges:
-        echo(f"\nthe confirmed best ({c.best.name}) is at the edge of the space; the optimum may lie outside it:")
-        for line in edges:
-            echo(f"  {line}")
+    if search is not None and c.best:
+        print_edges(recorded_space_edges(search, c.best.finalist.trial), f"the confirmed best ({c.best.name})", echo)
     echo("\nnext:")
     echo(f"  {export_command(storage_url, c.study, confirmed=True)}")
     echo(f"  mainrun-report --study {shlex.quote(c.study)}{storage_flag(storage_url)} --out report-{c.study}")

@@ -71,14 +71,19 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
                  f"{params_text(t)}")
     edges = edge_warnings(space, done[0].user_attrs["config"]) if space and done and "config" in done[0].user_attrs \
         else []
-    if edges:
-        echo(f"\nthe best trial ({done[0].number}) is at the edge of the space; the optimum may lie outside it:")
-        for line in edges:
-            echo(f"  {line}")
+    print_edges(edges, f"the best trial ({done[0].number})" if done else "", echo)
     echo("\nnext:")
     echo(f"  {dashboard_command(storage_url, artifacts)}")
     echo(f"  {export_command(storage_url, study.study_name)}")
     echo(f"  {confirm_command(storage_url, study.study_name)}   # the best configs on extra train seeds")
+
+
+def print_edges(edges: list[str], who: str, echo: Echo) -> None:
+    """The edge lines of `who` (a config), under a line that says what they mean; nothing if none."""
+    if edges:
+        echo(f"\n{who} is at the edge of the space; the optimum may lie outside it:")
+        for line in edges:
+            echo(f"  {line}")
 
 
 def dashboard_command(storage_url: str, artifacts: Path) -> str:
