@@ -1,7 +1,7 @@
 """Study storage: the database URL a search, an export or a report is given, opened for writing
-(a search: heartbeats, one retry of a dead worker's trial, WAL for SQLite) or read-only (export,
-report: nothing created), the lock files that processes on one machine share, and the folder
-where trial artifacts live. Passwords never appear in a message.
+(a search: heartbeats, retries of a dead worker's trial, WAL for SQLite) or read-only (export,
+report: nothing created), the lock files that processes on one machine share, and the folders
+where trial artifacts and checkpoints live. Passwords never appear in a message.
 """
 from __future__ import annotations
 
@@ -22,6 +22,9 @@ DEFAULT_STORAGE = "sqlite:///studies/mainrun.db"
 # A seven-epoch GPU trial takes tens of seconds to minutes: beat every 30 s, and call a
 # worker dead after 2 minutes of silence.
 HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120
+# A lost trial is retried up to this many times; each retry resumes from the latest checkpoint.
+# Bounded: a config that kills its worker (the kernel's OOM killer, say) must not cycle forever.
+MAX_RETRY = 3
 
 
 def redact(url: str) -> str:
@@ -111,7 +114,7 @@ def machine_lock(kind: str, key: str, timeout: float = -1):
 
 
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
-    """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
+    """RDBStorage with heartbeats and MAX_RETRY retries of a dead worker's trial. SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
@@ -120,7 +123,7 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(
             settings.url, engine_kwargs=_engine_kwargs(parsed),
             heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
 
     # Optuna sets up a new database (tables, version row, alembic stamp) in several unlocked
     # steps, so two searches opening it at once can trip over each other. A SQLite file lives
@@ -185,3 +188,9 @@ def artifact_dir(storage_url: str, override: str | None = None) -> Path:
     from sqlalchemy.engine import make_url
     db = _sqlite_file(make_url(storage_url))
     return db.parent / "artifacts" if db is not None else Path("studies") / "artifacts"
+
+
+def checkpoint_dir(storage_url: str, artifacts: str | None = None, override: str | None = None) -> Path:
+    """Trial checkpoints live beside the artifacts folder (<db folder>/checkpoints for SQLite). For
+    workers on several machines, point --checkpoint-dir at a folder they all mount."""
+    return Path(override) if override else artifact_dir(storage_url, artifacts).parent / "checkpoints"

@@ -810,7 +810,7 @@ def test_a_resume_enqueues_known_configs_added_since_or_interrupted(tmp_path, ti
     trial.set_user_attr("fail_reason", "interrupted")
     study.tell(trial, state=TrialState.FAIL)
     # ... one whose worker died twice (a stale heartbeat fails a trial with no reason of its
-    # own; Optuna's one retry died too) ...
+    # own; and its retry died too) ...
     lost = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.5, "d_model": 16, "head_dim": 16, "mlp": "gelu"}
     for _ in range(2):
         study.enqueue_trial(lost, user_attrs={"enqueued_as": "lost-worker"})

@@ -5,8 +5,8 @@ any evaluation), return its validation loss.
 config, the inputs' identity) that crosses the process boundary; each worker `build`s the
 callable objective from it once its own copy of the data is loaded. `TrialRunner` is the part any
 objective that trains a fixed config as a trial can use: refused up front if it would not fit in
-memory, trained with every evaluation reported, its measurements recorded as user attrs and its
-config and log kept as artifacts.
+memory, trained with every evaluation reported and checkpointed (a retry of a lost trial resumes),
+its measurements recorded as user attrs and its config and log kept as artifacts.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
+from ..checkpoint import TrialCheckpoints
 from ..config import RunConfig, read_yaml_text
 from ..data import Data, prepare_data
 from ..errors import ConfigError, DataError, InputsChanged, ScoringError, TrialFailed, TrialRefused, WorkerBroken
@@ -116,6 +117,7 @@ class TrialRunner:
         self.budget = memory_budget(self.device, ctx.memory_budget_gib, ctx.workers_on_device)
         self.store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
         self.commit = git_commit()
+        self.checkpoints = TrialCheckpoints(ctx.checkpoints, echo) if ctx.checkpoints else None
 
     def __call__(self, trial: optuna.Trial, cfg: RunConfig) -> float:
         import torch
@@ -134,9 +136,11 @@ class TrialRunner:
             last.update(index=index, step=step, val_loss=val_loss)
             return trial.should_prune()
 
+        # a retry of a lost trial reports its predecessor's evaluations here and resumes from its checkpoint
+        checkpoint = self.checkpoints.for_trial(trial, cfg, self.data, self.device) if self.checkpoints else None
         try:
             result = train(cfg, self.data, device=self.device, on_eval=on_eval, log_path=log_path,
-                           progress=False, echo=None)
+                           progress=False, echo=None, checkpoint=checkpoint)
         except torch.OutOfMemoryError as e:
             raise failed(trial, TrialFailed("CUDA out of memory: " + str(e).splitlines()[0])) from None
         except ScoringError as e:
@@ -144,6 +148,8 @@ class TrialRunner:
         except torch.AcceleratorError as e:
             raise failed(trial, WorkerBroken("CUDA error: " + str(e).splitlines()[0])) from None
         finally:
+            if self.checkpoints:                 # it ended here (not with its worker): nothing will resume it
+                self.checkpoints.discard(trial)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()

@@ -13,7 +13,8 @@ from ..config import RunConfig
 from ..data import prepare_data
 from ..errors import SearchError
 from ..space import SearchSpace, load_space
-from ..storage import StorageSettings, artifact_dir, check_storage_url, open_storage
+from ..checkpoint import TrialCheckpoints
+from ..storage import StorageSettings, artifact_dir, check_storage_url, checkpoint_dir, open_storage
 from .console import NO_GPU_WARNING, Echo, dashboard_command, print_summary, say
 from .objective import SearchObjective
 from .study import finished_count, open_study
@@ -39,6 +40,7 @@ class SearchOptions:
     pruner: str | None = None
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
+    checkpoint_dir: str | None = None    # default: beside the artifacts folder
 
     def uses_gpu(self) -> bool:
         """Whether the workers train on GPUs: named ones, or any the machine has (device auto)."""
@@ -63,7 +65,9 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
     check_storage_url(opts.storage.url)                             # a malformed URL fails before the data work
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
-    _check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
+    checkpoints = checkpoint_dir(opts.storage.url, opts.artifacts, opts.checkpoint_dir)
+    _check_folder_can_be_made(artifacts, "--artifacts")             # before a study exists that it would serve
+    _check_folder_can_be_made(checkpoints, "--checkpoint-dir")
     with optuna_quieted():
         storage = open_storage(opts.storage)                        # creates nothing if the data is unusable
         study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.new_study,
@@ -85,9 +89,13 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
                                   trials=opts.trials, device=dev, artifacts=str(artifacts), worker=i,
                                   start_time=start, finished_at_start=finished_at_start, threads=threads,
                                   memory_budget_gib=opts.memory_budget_gib, workers_on_device=devices.count(dev),
-                                  deadline=start + opts.timeout if opts.timeout else None)
+                                  deadline=start + opts.timeout if opts.timeout else None,
+                                  checkpoints=str(checkpoints))
                     for i, dev in enumerate(devices)]
-        code = run_rounds(study, contexts, opts.trials, echo)
+        try:
+            code = run_rounds(study, contexts, opts.trials, echo)
+        finally:                                # checkpoints that no retry can use any more
+            TrialCheckpoints(checkpoints).sweep(study)
     print_summary(study, opts.storage.url, artifacts, echo=echo)
     return code
 
@@ -104,10 +112,10 @@ def _worker_devices(opts: SearchOptions, gpu: bool) -> list[str]:
     return devices
 
 
-def _check_folder_can_be_made(folder: Path) -> None:
+def _check_folder_can_be_made(folder: Path, flag: str) -> None:
     """Refuse a folder that cannot exist (a file on its path) or cannot be written, creating nothing."""
     existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise SearchError(f"--artifacts {folder}: {existing} is a file, so the folder cannot be made")
+        raise SearchError(f"{flag} {folder}: {existing} is a file, so the folder cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SearchError(f"--artifacts {folder}: {existing} is not writable")
+        raise SearchError(f"{flag} {folder}: {existing} is not writable")

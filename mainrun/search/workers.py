@@ -1,10 +1,11 @@
 """Workers: processes that each take trials from one study until it holds enough finished ones.
 
 Optuna's RDB storage is the only coordinator: workers here, or on other machines, share a study
-through it; heartbeats turn a dead worker's trial into a FAIL that is retried once. On this
-machine, `Admission` lets one worker at a time decide whether another trial is needed, so they
-never overshoot `trials`. `run_rounds` starts the workers (GPU workers always as processes of
-their own), forwards SIGTERM to them, and starts another round if they stop short.
+through it; heartbeats turn a dead worker's trial into a FAIL that is retried (from its latest
+checkpoint, see mainrun.checkpoint). On this machine, `Admission` lets one worker at a time
+decide whether another trial is needed, so they never overshoot `trials`. `run_rounds` starts the
+workers (GPU workers always as processes of their own), forwards SIGTERM to them, and starts
+another round if they stop short.
 
 What a trial *is* comes with the context: `WorkerContext.objective` is plain data that the worker
 `build`s into its objective, so the same machinery (processes, heartbeats and retry, signals,
@@ -64,6 +65,7 @@ class WorkerContext:
     memory_budget_gib: float | None = None   # per trial; None: the GPU's memory / workers_on_device
     workers_on_device: int = 1
     deadline: float | None = None        # --timeout: no trial starts after this time.time()
+    checkpoints: str | None = None       # trial checkpoints' folder (a lost trial's retry resumes); None: none
 
 
 class Admission:
