@@ -1,7 +1,8 @@
 """Study storage: the database URL a search, an export or a report is given, opened for writing
 (a search: heartbeats, retries of a dead worker's trial, WAL for SQLite) or read-only (export,
-report: nothing created), the lock files that processes on one machine share, and the folders
-where trial artifacts and checkpoints live. Passwords never appear in a message.
+report: nothing created), the locks that processes share (a file on one machine; a PostgreSQL
+advisory lock across machines), and the folders where trial artifacts and checkpoints live.
+Passwords never appear in a message.
 """
 from __future__ import annotations
 
@@ -103,6 +104,57 @@ def check_storage_url(url: str):
                               "and is gone at exit, so workers cannot share it and nothing can resume; use a "
                               f"file, e.g. {DEFAULT_STORAGE}")
     return parsed
+
+
+def study_lock(storage_url: str, kind: str, study_name: str):
+    """A lock that every process using this study holds in turn. On PostgreSQL an advisory lock in
+    the database itself, so processes on different machines exclude each other too; on SQLite (a
+    file on one machine) a machine_lock. Both: acquire(), release(force=...), is_locked."""
+    from sqlalchemy.engine import make_url
+    if make_url(storage_url).get_backend_name() == "postgresql":
+        return AdvisoryLock(storage_url, f"mainrun-{kind}\0{study_name}")
+    return machine_lock(kind, f"{storage_url}\0{study_name}")
+
+
+class AdvisoryLock:
+    """A session-level PostgreSQL advisory lock (pg_advisory_lock) on a connection of its own, held
+    from acquire() to release(). A process that dies while holding it loses its connection, and the
+    server releases the lock with the session."""
+
+    def __init__(self, url: str, key: str):
+        import sqlalchemy
+        self.key = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        self._engine = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True,
+                                                isolation_level="AUTOCOMMIT")
+        self._conn = None
+
+    @property
+    def is_locked(self) -> bool:
+        return self._conn is not None
+
+    def acquire(self) -> None:
+        from sqlalchemy import text
+        if self._conn is not None:
+            return
+        conn = self._engine.connect()
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def release(self, force: bool = False) -> None:
+        from sqlalchemy import text
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        except Exception:        # the connection is gone, and the lock with its session
+            conn.invalidate()
+        finally:
+            conn.close()
 
 
 def machine_lock(kind: str, key: str, timeout: float = -1):

@@ -449,3 +449,66 @@ def test_sigterm_while_waiting_for_a_dead_workers_trial_exits_143(tmp_path, titl
     assert rc == 143, out[-6000:]
     assert "interrupted (SIGTERM)" in out and "Traceback" not in out, out[-6000:]
     assert next(t for t in trials_of(url) if t.number == zombie.number).state == TrialState.RUNNING
+
+
+# ---------------------------------------------------------------------- exact --trials across machines
+# One "machine": the worker loop's admission (check under the lock, the new trial made, the lock
+# released), as fast as it can go, so that machines race for every slot.
+MACHINE = """
+import sys, warnings, optuna
+warnings.simplefilter("ignore")
+from mainrun.search.workers import Admission
+from mainrun.storage import StorageSettings, open_storage
+url, trials = sys.argv[1], int(sys.argv[2])
+study = optuna.load_study(study_name="x", storage=open_storage(StorageSettings(url)))
+admission = Admission(url, "x", trials)
+while admission.needed(study):
+    trial = study.ask()          # as study.optimize does: the trial exists, then the objective releases
+    admission.release()
+    study.tell(trial, 0.0)
+"""
+
+
+def test_machines_that_share_no_file_lock_end_at_exactly_trials_on_postgresql(pg_url, tmp_path):
+    """Six processes, each with its own temp folder (so machine_lock files differ, as on separate
+    machines), admit trials on one PostgreSQL study: the database's advisory lock keeps the count."""
+    import sys
+    trials = 40
+    optuna.create_study(study_name="x", storage=pg_url)
+    machines = [tmp_path / f"machine-{i}" for i in range(6)]
+    procs = []
+    for machine in machines:
+        machine.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", MACHINE, pg_url, str(trials)],
+                                      env={**os.environ, "TMPDIR": str(machine)}, stderr=subprocess.PIPE))
+    for p in procs:
+        assert p.wait(timeout=RUN_TIMEOUT) == 0, p.stderr.read().decode()[-3000:]
+    made = optuna.load_study(study_name="x", storage=pg_url).get_trials(deepcopy=False)
+    assert len(made) == trials and all(t.state == TrialState.COMPLETE for t in made), states(made)
+    assert not [p for m in machines for p in m.iterdir()]               # no file lock was used, or needed
+
+
+def test_the_admission_lock_is_the_databases_on_postgresql_and_a_file_on_sqlite(pg_url, tmp_path):
+    import sqlalchemy
+    from filelock import FileLock
+
+    from mainrun.storage import study_lock
+    assert isinstance(study_lock(f"sqlite:///{tmp_path / 'a.db'}", "admission", "s"), FileLock)
+    lock = study_lock(pg_url, "admission", "s")
+    engine = sqlalchemy.create_engine(pg_url)
+
+    def free() -> bool:            # another session (another machine) tries to take it
+        with engine.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock.key}).scalar()
+            if got:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock.key})
+            return got
+    try:
+        lock.acquire()
+        assert lock.is_locked and not free()
+        lock.release()
+        assert not lock.is_locked and free()
+        assert study_lock(pg_url, "admission", "other study").key != lock.key
+    finally:
+        lock.release()
+        engine.dispose()

@@ -2,10 +2,10 @@
 
 Optuna's RDB storage is the only coordinator: workers here, or on other machines, share a study
 through it; heartbeats turn a dead worker's trial into a FAIL that is retried (from its latest
-checkpoint, see mainrun.checkpoint). On this machine, `Admission` lets one worker at a time
-decide whether another trial is needed, so they never overshoot `trials`. `run_rounds` starts the
-workers (GPU workers always as processes of their own), forwards SIGTERM to them, and starts
-another round if they stop short.
+checkpoint, see mainrun.checkpoint). `Admission` lets one worker at a time decide whether another
+trial is needed (on SQLite one machine's workers, on PostgreSQL every machine's), so they never
+overshoot `trials`. `run_rounds` starts the workers (GPU workers always as processes of their
+own), forwards SIGTERM to them, and starts another round if they stop short.
 
 What a trial *is* comes with the context: `WorkerContext.objective` is plain data that the worker
 `build`s into its objective, so the same machinery (processes, heartbeats and retry, signals,
@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InputsChanged, TrialFailed, WorkerBroken
-from ..storage import StorageSettings, machine_lock, open_storage
+from ..storage import StorageSettings, open_storage, study_lock
 from .console import Echo, say, trial_line, worker_echo
 from .interrupts import Interrupt, check_interrupted, interrupts_caught
 from .study import FINISHED, best_trial, finished_count, tally
@@ -69,13 +69,13 @@ class WorkerContext:
 
 
 class Admission:
-    """Decides, one worker at a time on this machine, whether another trial is needed.
-    The lock is held from the check until the new trial exists (the objective releases
-    it), so two workers never both take the last slot. Across machines the check is
-    still made, but unlocked (see README)."""
+    """Decides, one worker at a time, whether another trial is needed. The lock (a file lock on
+    this machine for SQLite; for PostgreSQL an advisory lock in the database, which every machine
+    shares) is held from the check until the new trial exists (the objective releases it), so two
+    workers never both take the last slot."""
 
     def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None):
-        self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
+        self.lock = study_lock(storage_url, "admission", study_name)
         self.trials, self.deadline = trials, deadline
 
     def needed(self, study: optuna.Study) -> bool:
