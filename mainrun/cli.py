@@ -185,7 +185,8 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
                         help="device memory one trial may use; a trial whose estimated need is larger is refused "
                              "before it starts, recorded as failed with the reason (default on a GPU: its memory "
-                             "divided by the workers sharing it; on the CPU: no limit)")
+                             "divided by the workers sharing it; on the CPU: the host's available memory divided "
+                             "by the workers)")
     parser.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                         help="start no new trial after this many seconds (running trials finish); the search "
                              "ends at --trials or here, whichever comes first")

@@ -837,3 +837,32 @@ def test_a_seeded_sequential_search_is_repeatable(tmp_path, titles_file):
         runs.append([(t.params, t.state, t.value) for t in load(tmp_path, "r", db=db).trials])
     assert runs[0] == runs[1]
     assert len({str(params) for params, _, _ in runs[0]}) == 4            # four different points
+
+
+def test_a_cpu_worker_refuses_a_model_the_host_cannot_hold(tmp_path, titles_file):
+    """A mistyped depth (2,000,000 for 2) on the CPU: the default budget is the host's available
+    memory, so the trial is refused by its estimate (as on a GPU) instead of hanging the worker while
+    it builds the model; --dry-run counts the corners that would be refused."""
+    data = yaml.safe_load(SMOKE.read_text())
+    del data["fixed"]["n_layer"]
+    data["params"]["n_layer"] = {"values": [1, 2_000_000]}
+    data["enqueue"][0]["n_layer"] = 2_000_000
+    space = tmp_path / "deep.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    dry = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", space=space)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    m = re.search(r"default budget \(the host has [\d.]+ [GM]iB available for 1 worker\(s\), [\d.]+ [GM]iB each\): "
+                  r"(\d+) of the (\d+) corners would be refused", dry.stdout)
+    assert m and int(m[1]) * 2 == int(m[2]), dry.stdout                  # the deep half of the corners
+
+    proc = search(tmp_path, "--trials", "2", "--dataset", str(titles_file), "--study", "deep", space=space)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(tmp_path, "deep")
+    refused = study.get_trials(states=(TrialState.FAIL,))
+    assert refused and refused[0].number == 0                           # the enqueued deep one, first
+    for t in refused:
+        assert t.user_attrs["refused"] is True and t.params["n_layer"] == 2_000_000
+        assert re.match(r"does not fit: needs ~[\d.]+ GiB by estimate; the host has [\d.]+ [GM]iB available",
+                        t.user_attrs["fail_reason"]), t.user_attrs["fail_reason"]
+    assert [t.params["n_layer"] for t in finished(study)] == [1, 1]

@@ -212,18 +212,43 @@ def failed(trial: optuna.Trial, error: Exception) -> Exception:
 
 
 def memory_budget(device: torch.device, budget_gib: float | None, workers_on_device: int) -> tuple[int, str] | None:
-    """(bytes one trial may use, where that number comes from), or None for no limit (the
-    CPU, unless --memory-budget is given)."""
+    """(bytes one trial may use, where that number comes from): --memory-budget, else the device's
+    memory shared by its workers (on the CPU the host's available memory, read when the worker
+    starts); None where that cannot be read."""
     import torch
     if budget_gib is not None:
         budget = int(budget_gib * GIB)
         return budget, f"--memory-budget is {byte_size(budget)} per trial"
     if device.type != "cuda":
-        return None
+        available = available_memory()
+        if available is None:
+            return None
+        share = available // workers_on_device
+        return share, (f"the host has {byte_size(available)} available for {workers_on_device} worker(s), "
+                       f"{byte_size(share)} each")
     props = torch.cuda.get_device_properties(device)
     share = props.total_memory // workers_on_device
     return share, (f"{props.name} has {byte_size(props.total_memory)} for {workers_on_device} worker(s), "
                    f"{byte_size(share)} each")
+
+
+def available_memory() -> int | None:
+    """Bytes this process could still allocate: MemAvailable from /proc/meminfo, or less where a
+    cgroup (v2) memory limit leaves less, as in a container. None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(min(limits), 0) if limits else None
 
 
 def git_commit() -> str:
