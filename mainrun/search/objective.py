@@ -11,7 +11,9 @@ its measurements recorded as user attrs and its config and log kept as artifacts
 from __future__ import annotations
 
 import gc
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -126,6 +128,7 @@ class TrialRunner:
         self._refuse_if_too_big(trial, cfg)
         trial.set_user_attr("mainrun_version", __version__)
         trial.set_user_attr("git_commit", self.commit)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")     # which machine and process
         workdir = Path(tempfile.mkdtemp(prefix="mainrun-trial-"))
         log_path = workdir / f"trial-{trial.number}.jsonl"
         last = {}
