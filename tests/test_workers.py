@@ -1,6 +1,7 @@
 """Real worker processes through the installed `mainrun-search` (no mocks): several workers on
-one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL,
-one retry), and Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded as FAIL, resume).
+one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL, a
+retry that looks for its checkpoint), Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded
+as FAIL, resume), and machines that share no file lock ending at exactly --trials on PostgreSQL.
 
 Which trial a worker is training is read from the worker's open file descriptors: train()
 keeps the trial's JSONL log (`trial-<number>.jsonl`) open while it trains, so a signal sent
@@ -338,6 +339,9 @@ def test_killed_worker_trial_is_failed_and_retried(storage_url, titles, quick_sp
     retry = retries[0]
     assert retry.state in FINISHED, describe(trials)
     assert retry.params == by_number[killed].params, describe(trials)
+    # it looked for its predecessor's checkpoint (resumed from it, or from step 0 if it had none yet)
+    assert 0 <= retry.user_attrs["resumed_from_step"] < retry.user_attrs["max_steps"], describe(trials)
+    assert not list((search.cwd / "checkpoints").rglob("*.pt"))          # all ended: none is left
 
 
 # ---------------------------------------------------------------------- Ctrl-C / SIGTERM
@@ -512,3 +516,28 @@ def test_the_admission_lock_is_the_databases_on_postgresql_and_a_file_on_sqlite(
     finally:
         lock.release()
         engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")         # trials asked for by hand
+def test_waiting_for_running_trials_gives_a_clock_only_to_trials_that_never_beat(storage_url):
+    """A search that waits for running trials records one heartbeat for a trial that never beat (its
+    worker died before the first), but never refreshes a dead worker's old one: workers that restart
+    every few seconds (a crash loop, the chaos soak) would otherwise keep its trial RUNNING for ever."""
+    from mainrun.search.workers import _never_beat, _wait_for_running
+    from mainrun.storage import StorageSettings
+    from mainrun.storage import open_storage as open_search_storage
+    settings = StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=4)
+    storage = open_search_storage(settings)
+    study = optuna.create_study(study_name=STUDY, storage=storage)
+    beat, silent = study.ask(), study.ask()
+    storage.record_heartbeat(beat._trial_id)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert [t.number for t in _never_beat(storage, running)] == [silent.number]
+    # restarted searches keep waiting, one after another, each for less than the grace (4 s): the
+    # dead trials still go stale
+    deadline = time.time() + 60
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert time.time() < deadline, describe(study.get_trials())
+        _wait_for_running(study, StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=1))   # 3 s
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert sorted(t.number for t in failed) == [beat.number, silent.number]

@@ -284,7 +284,9 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
     Optuna never considers stale; one heartbeat recorded here gives it a clock."""
     storage = study._storage
     optuna.storages.fail_stale_trials(study)          # those whose heartbeat expired already: now
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    # Only those that never beat: refreshing a dead worker's old heartbeat would restart its grace,
+    # and workers that restart often (a crash loop, a chaos soak) would keep it RUNNING for ever.
+    for trial in _never_beat(storage, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
     deadline = time.time() + settings.heartbeat_grace * 3
     while time.time() < deadline:
@@ -293,6 +295,20 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
             return True
         time.sleep(min(5.0, settings.heartbeat_interval))
     return False
+
+
+def _never_beat(storage: optuna.storages.BaseStorage, trials: list) -> list:
+    """The trials with no heartbeat recorded. Optuna has no reader for heartbeats: its table
+    (trial_heartbeats, one row per trial that beat) is read directly."""
+    import sqlalchemy
+    if not trials:
+        return []
+    storage = getattr(storage, "_backend", storage)   # a study wraps its RDBStorage in a cache
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True))
+    with storage.engine.connect() as conn:
+        beat = set(conn.execute(query, {"ids": [t._trial_id for t in trials]}).scalars())
+    return [t for t in trials if t._trial_id not in beat]
 
 
 def _run_workers(contexts: list[WorkerContext]) -> list[int]:
