@@ -210,8 +210,9 @@ class Checkpointer:
         for o, saved in zip(_optimizers(opt), s["optimizers"], strict=True):
             _load_optimizer(o, saved)
         train_step.pending = s["pending"]
-        for p, grad in zip(train_step.params, s["grads"] or [None] * len(train_step.params), strict=True):
-            p.grad = None if grad is None else grad.to(p.device)
+        if s["grads"] is not None:                      # a group cut mid-way (never under a CUDA graph)
+            for p, grad in zip(train_step.params, s["grads"], strict=True):
+                p.grad = None if grad is None else grad.to(p.device)
         step_losses[:s["step"]].copy_(s["step_losses"])
         result.curve[:], result.train_curve[:], result.lr_curve[:] = s["curve"], s["train_curve"], s["lr_curve"]
         result.setup_seconds = s["setup_seconds"]
