@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="instead: time a short search of this space once per --jobs value")
     parser.add_argument("--trials", type=int,
                         help="with --search: trials per search (default: 8); with --soak: the finished trials the "
-                             "study ends with (default: SECONDS / 5)")
+                             "study ends with (default: SECONDS / 2.5)")
     parser.add_argument("--jobs", default="1", help="with --search: comma-separated worker counts (default: %(default)s)")
     parser.add_argument("--pruner", choices=sorted(PRUNERS),
                         help="with --search: replace the space's pruner (none: every trial runs to the end)")
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--soak needs --storage (a fresh database, or one without a 'soak' study)")
         from .soak import soak
         try:
-            return soak(args.soak, args.storage, args.dataset, args.trials or max(10, int(args.soak / 5)),
+            return soak(args.soak, args.storage, args.dataset, args.trials or max(10, int(args.soak / 2.5)),
                         workers=args.workers, json_path=args.json)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")

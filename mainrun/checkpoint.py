@@ -180,21 +180,16 @@ class Checkpointer:
     evaluation, for tests and benchmarks). `saves` records (seconds, bytes) of each save."""
 
     def __init__(self, path: Path, fingerprint: dict[str, Any], resume: dict[str, Any] | None = None,
-                 share: float | None = CHECKPOINT_SHARE, echo: Callable[[str], None] | None = None):
+                 share: float | None = CHECKPOINT_SHARE, echo: Callable[[str], None] | None = None,
+                 on_save: Callable[[int], None] | None = None):
         self.path, self.fingerprint, self.resume, self.share = Path(path), fingerprint, resume, share
+        self.on_save = on_save or (lambda _step: None)
+        self.resumes = resume is not None              # the run starts from a checkpoint (its log goes on)
         self.echo = echo or (lambda _msg: None)
         self.saves: list[tuple[float, int]] = []
         self.interrupt: str | None = None          # a deferred Ctrl-C / SIGTERM, saved at the end of its step
         self._run: tuple | None = None
         self._started = 0.0
-
-    @property
-    def resumes(self) -> bool:
-        return self.resume is not None
-
-    @property
-    def resumed_step(self) -> int:
-        return self.resume["step"] if self.resume else 0
 
     def attach(self, model, opt, train_step: TrainStep, step_losses: torch.Tensor, result: RunResult,
                t0: float) -> tuple[int, int, int, int, float]:
@@ -205,7 +200,7 @@ class Checkpointer:
         self._started = time.perf_counter()
         if self.resume is None:
             return 0, 0, 0, 0, t0
-        s = self.resume
+        s, self.resume = self.resume, None              # its copy of the state is not kept for the whole run
         model.load_state_dict(s["model"])
         for o, saved in zip(_optimizers(opt), s["optimizers"], strict=True):
             _load_optimizer(o, saved)
@@ -255,6 +250,7 @@ class Checkpointer:
         }
         size = atomic_save(state, self.path)
         self.saves.append((time.perf_counter() - started, size))
+        self.on_save(step)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
@@ -326,8 +322,11 @@ class TrialCheckpoints:
         wanted = fingerprint(cfg, data, device)
         own = self.path(trial.study.study_name, trial.number)
         history = _retry_history(trial)
+
+        def saved(step: int) -> None:             # the trial's progress, for the retry policy (RetryLostTrials)
+            trial.set_user_attr("checkpoint_step", step)
         if not history:
-            return Checkpointer(own, wanted, share=self.share)
+            return Checkpointer(own, wanted, share=self.share, on_save=saved)
         usable, notes = [], []
         for number in history:
             try:
@@ -337,17 +336,19 @@ class TrialCheckpoints:
         if not usable:
             note = notes[-1] if notes else "no checkpoint"
             trial.set_user_attr("resumed_from_step", 0)
+            trial.set_user_attr("checkpoint_step", 0)        # not its predecessor's, which it inherited
             trial.set_user_attr("resume_note", f"started over: {note}"[:500])
             self.echo(f"trial {trial.number}: retry of trial {history[-1]} starts from step 0: {note}")
-            return Checkpointer(own, wanted, share=self.share)
+            return Checkpointer(own, wanted, share=self.share, on_save=saved)
         number, state = max(usable, key=lambda u: u[1]["step"])
         for index, (_, value) in enumerate(state["curve"]):
             trial.report(value, index)
         trial.set_user_attr("resumed_from_step", state["step"])
+        trial.set_user_attr("checkpoint_step", state["step"])
         trial.set_user_attr("resume_note", f"resumed from trial {number}'s checkpoint at step {state['step']}")
         self.echo(f"trial {trial.number}: retry of trial {history[-1]} resumes from step {state['step']} "
                   f"(trial {number}'s checkpoint)")
-        return Checkpointer(own, wanted, resume=state, share=self.share)
+        return Checkpointer(own, wanted, resume=state, share=self.share, on_save=saved)
 
     def discard(self, trial: optuna.Trial) -> None:
         """A finished trial's checkpoint and its predecessors': nothing will resume them."""

@@ -1,8 +1,9 @@
 """python -m mainrun.bench --soak SECONDS --storage URL --dataset FILE: a chaos soak of crash survival.
 
 Eight workers (mainrun-search processes, one CPU core each) share one study of a tiny space with
-short heartbeats. Every few seconds one of them, chosen at random, is SIGKILLed and a replacement
-started in its place. On PostgreSQL each worker acts as a machine of its own: its own cache folder
+short heartbeats. Every 3-8 s one of them is SIGKILLed and a replacement started in its place: half
+the time a random one of those inside a trial (on a small machine most of a worker's life can be
+its start-up), else a random one of all. On PostgreSQL each worker acts as a machine of its own: its own cache folder
 and temp folder, so no file lock is shared and only the database's admission lock keeps the count;
 on SQLite they are one machine's workers. The checkpoint folder is shared, as a mount would be.
 
@@ -69,7 +70,7 @@ class Soak:
     heartbeat: int = 2
     grace: int = 20
     kill_every: tuple[float, float] = (3.0, 8.0)
-    mid_trial: float = 0.75      # the chance that a kill picks among the workers inside a trial
+    mid_trial: float = 0.5       # the chance that a kill picks among the workers inside a trial
     drain_timeout: float = 900.0
     seed: int = 0
     scratch: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="mainrun-soak-")))

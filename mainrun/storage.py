@@ -11,6 +11,7 @@ import hashlib
 import sqlite3
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,8 +24,8 @@ DEFAULT_STORAGE = "sqlite:///studies/mainrun.db"
 # A seven-epoch GPU trial takes tens of seconds to minutes: beat every 30 s, and call a
 # worker dead after 2 minutes of silence.
 HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120
-# A lost trial is retried up to this many times; each retry resumes from the latest checkpoint.
-# Bounded: a config that kills its worker (the kernel's OOM killer, say) must not cycle forever.
+# A lost trial is retried (each retry resumes from the latest checkpoint) until this many of its
+# attempts were lost without progress (see RetryLostTrials).
 MAX_RETRY = 3
 
 
@@ -165,8 +166,34 @@ def machine_lock(kind: str, key: str, timeout: float = -1):
     return FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{kind}-{digest}.lock"), timeout=timeout)
 
 
+class RetryLostTrials:
+    """The heartbeat callback: Optuna's RetryHeartbeatStaleTrialCallback (a WAITING copy of the
+    lost trial, with its retry_history), given up only once MAX_RETRY + 1 attempts were lost
+    without progress. An attempt progressed if it saved a checkpoint past the step it started
+    from (user attrs `checkpoint_step` and `resumed_from_step`, which a retry inherits): a trial
+    whose machines keep dying goes on, while a config that kills its worker before its first
+    checkpoint (the kernel's OOM killer, say) stops after a few attempts."""
+
+    def __init__(self, max_retry: int = MAX_RETRY):
+        self.max_retry = max_retry
+        with warnings.catch_warnings():                    # flagged experimental, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        chain = {*trial.system_attrs.get("retry_history", []), trial.number}
+        attempts = [t for t in study.get_trials(deepcopy=False) if t.number in chain and t.number != trial.number]
+        stuck = sum(not _progressed(t) for t in (*attempts, trial))
+        if stuck <= self.max_retry:
+            self._retry(study, trial)
+
+
+def _progressed(attempt: optuna.trial.FrozenTrial) -> bool:
+    return attempt.user_attrs.get("checkpoint_step", 0) > attempt.user_attrs.get("resumed_from_step", 0)
+
+
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
-    """RDBStorage with heartbeats and MAX_RETRY retries of a dead worker's trial. SQLite gets WAL
+    """RDBStorage with heartbeats and retries of a dead worker's trial (RetryLostTrials). SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
@@ -175,7 +202,7 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(
             settings.url, engine_kwargs=_engine_kwargs(parsed),
             heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY))
+            heartbeat_stale_trial_callback=RetryLostTrials())
 
     # Optuna sets up a new database (tables, version row, alembic stamp) in several unlocked
     # steps, so two searches opening it at once can trip over each other. A SQLite file lives

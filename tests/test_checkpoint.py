@@ -249,6 +249,31 @@ def test_a_retry_with_an_unusable_checkpoint_starts_over(titles, lost_trial, tmp
     assert said in line and "\n" not in line.strip()
 
 
+def test_a_lost_trial_is_retried_until_max_retry_attempts_made_no_progress(tmp_path):
+    """RetryLostTrials: an attempt that saved a checkpoint past where it started does not count
+    against MAX_RETRY; one lost before saving anything new does."""
+    from mainrun.storage import MAX_RETRY, RetryLostTrials
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="r")
+    dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, params={"x": 0.5}, distributions=dist))
+    retry = RetryLostTrials()
+    progress = [None, None, 8, None, None]     # per attempt: the step it saved to past its start; None: nothing
+    for number, _ in enumerate(progress):
+        retry(study, study.get_trials(deepcopy=False)[number])
+        waiting = study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+        stuck = sum(p is None for p in progress[:number + 1])
+        assert bool(waiting) == (stuck <= MAX_RETRY), (number, stuck)
+        if not waiting:
+            break
+        trial = study.ask()                                    # the retry, with the lost trial's user attrs
+        assert trial.number == number + 1 and trial.params == {"x": 0.5}
+        trial.set_user_attr("resumed_from_step", trial.user_attrs.get("checkpoint_step", 0))
+        if progress[number + 1] is not None:
+            trial.set_user_attr("checkpoint_step", progress[number + 1])
+        study.tell(trial, state=TrialState.FAIL)
+    assert MAX_RETRY == 3 and number == 4 and len(study.trials) == 5     # the 4th stuck attempt is not retried
+
+
 def test_the_sweep_keeps_only_checkpoints_a_retry_can_use(tmp_path):
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     dist = {"x": optuna.distributions.FloatDistribution(0, 1)}
