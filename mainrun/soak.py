@@ -3,9 +3,10 @@
 Eight workers (mainrun-search processes, one CPU core each) share one study of a tiny space with
 short heartbeats. Every 3-8 s one of them is SIGKILLed and a replacement started in its place: half
 the time a random one of those inside a trial (on a small machine most of a worker's life can be
-its start-up), else a random one of all. On PostgreSQL each worker acts as a machine of its own: its own cache folder
-and temp folder, so no file lock is shared and only the database's admission lock keeps the count;
-on SQLite they are one machine's workers. The checkpoint folder is shared, as a mount would be.
+its start-up), else a random one of all. On PostgreSQL each worker acts as a machine of its own:
+its own cache folder and temp folder, so no file lock is shared and only the database's admission
+lock keeps the count; on SQLite they are one machine's workers. The checkpoint folder is shared, as
+a mount would be.
 
 After SECONDS the kills stop and the workers finish the study. Then the soak checks, and prints:
 exactly --trials finished trials, none left running or waiting; every lost trial was one it killed,
