@@ -13,11 +13,13 @@ Its fingerprint says what made it: the run config, mainrun's version and a diges
 run is made of, torch's version, the data (titles and tokenizer) and the device type. A checkpoint
 whose fingerprint differs, or that is missing or unreadable (truncated), is not used.
 
-When: at an evaluation, if the saves of this run so far and this one stay within `share` (2%) of
-its training time so far, so that a save costs at most 2% of a run wherever it runs (the first save
-is at the second evaluation; it measures the cost). And, where interrupts are deferred
-(mainrun-train), at the step where Ctrl-C or SIGTERM came. Never at the last step: the run is over.
-Each save is atomic: a temporary file, fsync, rename.
+When: at an evaluation (not step 1's), if the saves of this run so far and this one stay within
+`share` (2%) of its training time so far, so that saving costs at most about 2% of a run wherever it
+runs: a save is expected to take as long as the last one did (before the first: the state's bytes at
+SAVE_BYTES_PER_SECOND), so a run saves at most every (seconds per save) / 2% seconds, and a run too
+short to afford one saves none. And, where interrupts are deferred (mainrun-train), at the step
+where Ctrl-C or SIGTERM came. Never at the last step: the run is over. Each save is atomic: a
+temporary file, fsync, rename.
 
 `Checkpointer` is the one object the training loop sees (`attach` before the first step, `step_done`
 after each). `TrialCheckpoints` is a search's store: one file per trial, <dir>/<study>/trial-<n>.pt;
@@ -50,6 +52,7 @@ if TYPE_CHECKING:
     from .train import RunResult, TrainStep
 
 CHECKPOINT_SHARE = 0.02           # of a run's training time, at most, spent saving checkpoints
+SAVE_BYTES_PER_SECOND = 2**30     # a save's speed until the first one is timed: a local disk's, low end
 FORMAT = 1
 RUN_FILE = "checkpoint.pt"        # mainrun-train --checkpoint-dir DIR: DIR/checkpoint.pt
 # The modules that decide what a run computes: an edit of any of them makes old checkpoints unusable.
@@ -230,10 +233,16 @@ class Checkpointer:
     def _due(self) -> bool:
         if self.share is None:
             return True
-        if not self.saves:
-            return True                                 # the first save measures what one costs
         spent = sum(seconds for seconds, _ in self.saves)
-        return spent + self.saves[-1][0] <= self.share * (time.perf_counter() - self._started)
+        next_save = self.saves[-1][0] if self.saves else self._state_bytes() / SAVE_BYTES_PER_SECOND
+        return spent + next_save <= self.share * (time.perf_counter() - self._started)
+
+    def _state_bytes(self) -> int:
+        model, opt, _, step_losses, _, _ = self._run
+        tensors = [*model.state_dict().values(), step_losses,
+                   *(t for o in _optimizers(opt) for s in o.state.values() for t in s.values()
+                     if isinstance(t, torch.Tensor))]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def save(self, step: int, ptr: int, flushed: int, eval_index: int) -> None:
         started = time.perf_counter()

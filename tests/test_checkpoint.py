@@ -153,9 +153,18 @@ def test_a_save_is_atomic(tmp_path, monkeypatch):
 
 
 def test_the_default_cadence_saves_while_saves_stay_within_their_share(tmp_path):
+    """Not timed: the rule, on given durations. A save is expected to take what the last one took,
+    and before the first one the state's bytes at SAVE_BYTES_PER_SECOND."""
+    from mainrun.checkpoint import SAVE_BYTES_PER_SECOND
     ck = Checkpointer(tmp_path / "run.pt", {}, share=CHECKPOINT_SHARE)
-    ck._started = time.perf_counter()
-    assert ck._due()                                     # the first save measures what one costs
+    model = torch.nn.Linear(1024, 1024)                           # 4 MiB of weights (and bias)
+    ck._run = (model, torch.optim.SGD(model.parameters()), None, torch.zeros(256), None, 0.0)
+    first = ck._state_bytes() / SAVE_BYTES_PER_SECOND
+    assert ck._state_bytes() == 4 * (1024 * 1024 + 1024 + 256)
+    ck._started = time.perf_counter() - 0.5 * first / CHECKPOINT_SHARE
+    assert not ck._due()                                 # too early for even the first save
+    ck._started = time.perf_counter() - 2 * first / CHECKPOINT_SHARE
+    assert ck._due()
     ck.saves = [(0.1, 1000)]                             # 0.1 s so far, and the next one like it: 0.2 s
     ck._started = time.perf_counter() - 5.0              # 2% of 5 s is 0.1 s: not yet
     assert not ck._due()
