@@ -44,7 +44,7 @@ SOAK_SPACE = {
                "grad_accum_steps": {"values": [1, 2]},                # a group cut by the kill
                "d_model": {"values": [16, 32]}},
 }
-TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")
+TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")     # see objective.TrialRunner
 
 
 @dataclass
@@ -113,7 +113,7 @@ class Soak:
         return Worker(slot, proc, log)
 
     def kill(self, worker: Worker, at: float) -> None:
-        trial = _training(worker.proc.pid)
+        trial = trial_in_training(worker.proc.pid)
         try:
             os.killpg(worker.proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -152,7 +152,7 @@ class Soak:
                          "raise --trials for a longer soak")
                     break
                 # most kills land inside a trial; the others anywhere (starting, admitting, between trials)
-                training = [w for w in workers if _training(w.proc.pid) is not None]
+                training = [w for w in workers if trial_in_training(w.proc.pid) is not None]
                 victim = self.rng.choice(training if training and self.rng.random() < self.mid_trial else workers)
                 self.kill(victim, time.time() - t0)
                 workers[workers.index(victim)] = self.start(victim.slot)
@@ -300,8 +300,9 @@ class Soak:
             echo("soak: every check holds")
 
 
-def _training(pid: int) -> int | None:
-    """The number of the trial whose log the process has open, i.e. the trial it is training."""
+def trial_in_training(pid: int) -> int | None:
+    """The number of the trial whose log (TrialRunner's trial-<n>.jsonl) the process has open, i.e.
+    the trial it is training; None between trials. Linux (/proc)."""
     try:
         fds = list(Path(f"/proc/{pid}/fd").iterdir())
     except OSError:

@@ -22,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import SPACES, cli
+from mainrun.soak import trial_in_training as training
 
 SMOKE = SPACES / "smoke.yaml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -29,7 +30,6 @@ STUDY = "w"
 START_TIMEOUT = 180          # seconds until a worker is inside a trial
 RUN_TIMEOUT = 300            # seconds for a whole search
 EXIT_AFTER_SIGNAL = 10       # seconds a search may take to stop after Ctrl-C / SIGTERM
-TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -188,22 +188,6 @@ def is_worker(pid: int) -> bool:
         return b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()   # not the resource tracker
     except OSError:
         return False
-
-
-def training(pid: int) -> int | None:
-    """The number of the trial whose log the process has open, i.e. the trial it trains now."""
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            match = TRIAL_LOG.search(os.readlink(fd))
-        except OSError:
-            continue
-        if match:
-            return int(match.group(1))
-    return None
 
 
 def wait_until_training(search: Search, min_trial: int = 0, workers: bool = False) -> tuple[int, int]:
