@@ -713,13 +713,14 @@ def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, ti
         assert sorted(p.name for p in tmp_path.iterdir()) == ["titles.txt"], args   # no study, no data work
 
 
-def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, titles_file):
+def test_a_corrupt_database_or_an_impossible_artifacts_or_checkpoint_folder_exits_2(tmp_path, titles_file):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(bytes(range(256)) * 32)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     cases = [(["--storage", f"sqlite:///{corrupt}"], "file is not a database"),
-             (["--artifacts", str(a_file / "artifacts")], "--artifacts")]
+             (["--artifacts", str(a_file / "artifacts")], "--artifacts"),
+             (["--checkpoint-dir", str(a_file / "checkpoints")], f"--checkpoint-dir {a_file / 'checkpoints'}: ")]
     for args, words in cases:
         argv = cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
                    "--storage", f"sqlite:///{tmp_path / 'x.db'}", *args)
@@ -728,6 +729,15 @@ def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, 
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.db").exists()                     # the artifacts are checked before the study
+
+
+def test_checkpoints_live_beside_the_artifacts_unless_told_otherwise():
+    from mainrun.storage import checkpoint_dir
+    assert checkpoint_dir("sqlite:///studies/x.db") == Path("studies/checkpoints")
+    assert checkpoint_dir("sqlite:////data/s.db") == Path("/data/checkpoints")
+    assert checkpoint_dir("sqlite:////data/s.db", artifacts="/mnt/shared/artifacts") == Path("/mnt/shared/checkpoints")
+    assert checkpoint_dir("postgresql+psycopg://u@h/db") == Path("studies/checkpoints")
+    assert checkpoint_dir("postgresql+psycopg://u@h/db", "/a", override="/shared/ck") == Path("/shared/ck")
 
 
 def test_storage_urls_never_show_a_password_and_a_malformed_one_is_a_clear_error():

@@ -4,6 +4,7 @@ created, prepare the data once, open (or resume) the study, run rounds of worker
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -94,8 +95,9 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
                     for i, dev in enumerate(devices)]
         try:
             code = run_rounds(study, contexts, opts.trials, echo)
-        finally:                                # checkpoints that no retry can use any more
-            TrialCheckpoints(checkpoints).sweep(study)
+        finally:                                # checkpoints that no retry can use any more; best effort
+            with contextlib.suppress(Exception):
+                TrialCheckpoints(checkpoints).sweep(study)
     print_summary(study, opts.storage.url, artifacts, echo=echo)
     return code
 
