@@ -4,12 +4,15 @@
     python -m mainrun.bench --dataset titles.txt --base studies/best-standin.yaml \
         --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,residual_init=scaled
     python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 8 --jobs 1,2,3
+    python -m mainrun.bench --dataset titles.txt --runs baseline:bf16 --checkpoint
+    python -m mainrun.bench --dataset titles.txt --soak 300 --storage postgresql+psycopg://user@host/db
 
 For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model
 TFLOP/s and its fraction of the GPU's dense bf16 peak, the final validation loss, and the
 estimated and measured peak memory. With --search it runs a short search per --jobs value
 (workers sharing the device) and prints trials per hour and full-run equivalents per hour:
-the aggregate throughput of several trials per GPU. A run that fails (out of memory, a capture
+the aggregate throughput of several trials per GPU. With --checkpoint it also prints what a
+checkpoint save costs; --soak is the chaos soak of crash survival (mainrun/soak.py). A run that fails (out of memory, a capture
 or compile error) is printed with its error, the others still run, and the exit code is 1.
 It is a benchmark, not a test: nothing here asserts a time.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from .checkpoint import CHECKPOINT_SHARE, Checkpointer, fingerprint
 from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .errors import ConfigError, MainrunError
@@ -67,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="with --base: one variant (repeatable), e.g. --ablate norm=rmsnorm")
     parser.add_argument("--search", metavar="SPACE",
                         help="instead: time a short search of this space once per --jobs value")
-    parser.add_argument("--trials", type=int, default=8, help="with --search: trials per search (default: %(default)s)")
+    parser.add_argument("--trials", type=int,
+                        help="with --search: trials per search (default: 8); with --soak: the finished trials the "
+                             "study ends with (default: SECONDS / 2.5)")
     parser.add_argument("--jobs", default="1", help="with --search: comma-separated worker counts (default: %(default)s)")
     parser.add_argument("--pruner", choices=sorted(PRUNERS),
                         help="with --search: replace the space's pruner (none: every trial runs to the end)")
@@ -81,7 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", metavar="RUN",
                         help="instead: profile one epoch of this run (a --runs entry, eager) and print the top "
                              "CUDA kernels")
+    parser.add_argument("--checkpoint", action="store_true",
+                        help="with --runs or --base: save a checkpoint at every evaluation and print what a save "
+                             "costs (seconds, MiB, share of the run) and how often the default (2%% rule) saves")
+    parser.add_argument("--soak", type=float, metavar="SECONDS",
+                        help="instead: a chaos soak (mainrun/soak.py): --workers search workers on one study, one "
+                             "SIGKILLed every few seconds for SECONDS, then the checks; needs --storage")
+    parser.add_argument("--storage", help="with --soak: the study database (sqlite:///FILE or postgresql+psycopg://...)")
+    parser.add_argument("--workers", type=int, default=8, help="with --soak: workers (default: %(default)s)")
     args = parser.parse_args(argv)
+    if args.soak is not None:
+        if not args.storage:
+            parser.error("--soak needs --storage (a fresh database, or one without a 'soak' study)")
+        from .soak import soak
+        try:
+            return soak(args.soak, args.storage, args.dataset, args.trials or max(10, int(args.soak / 2.5)),
+                        workers=args.workers, json_path=args.json)
+        except MainrunError as e:
+            parser.exit(2, f"error: {e}\n")
     if args.profile:
         try:
             cfg = _preset_config(args.profile, args.dataset, "--profile",
@@ -98,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--jobs {args.jobs!r}: each worker count at least 1, and each once (a repeated "
                          "count would resume the finished study)")
         try:
-            return search_throughput(args.search, args.dataset, args.trials, jobs, args.pruner, args.seed,
+            return search_throughput(args.search, args.dataset, args.trials or 8, jobs, args.pruner, args.seed,
                                      args.device, args.cache_dir, args.json)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
@@ -108,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
             [(spec, _preset_config(spec, args.dataset)) for spec in args.runs.split(",")]
     except ConfigError as e:
         parser.error(str(e))
-    rows = measure_all(runs, args.device, args.cache_dir, args.parallel)
+    rows = measure_all(runs, args.device, args.cache_dir, args.parallel, args.checkpoint)
 
     reference = next((r["val_loss"] for r in rows if "error" not in r), float("nan"))
     print(f"\n{'run':<34}{'val_loss':>9}{'vs first':>9}{'data s':>8}{'train s':>9}{'setup s':>9}{'loop s':>8}{'tok/s':>12}"
@@ -122,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['run']:<34}{r['val_loss']:>9.4f}{r['val_loss'] - reference:>+9.4f}{r['data_s']:>8.1f}"
               f"{r['train_s']:>9.1f}{r['setup_s']:>9.1f}{r['loop_s']:>8.1f}{r['tokens_per_s']:>12,.0f}{r['tflops']:>9.1f}{frac:>7}"
               f"{r['est_mem_mb']:>9,.0f}{peak_mem:>9}")
+    if args.checkpoint:
+        print_checkpoint_costs(rows)
     _write_json(args.json, rows)
     return 1 if any("error" in r for r in rows) else 0
 
@@ -152,7 +177,8 @@ def _preset_config(spec: str, dataset: str, flag: str = "--runs", **extra) -> Ru
                                 "cuda_graph": "eager" not in fields, **overrides, **extra})
 
 
-def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str | None, parallel: int) -> list[dict]:
+def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str | None, parallel: int,
+                checkpoint: bool = False) -> list[dict]:
     """Every run, one after another or `parallel` at a time in spawned processes (each a
     fresh CUDA context); rows are printed as they finish and returned in the given order.
     A run that fails (out of memory, a capture or compile error) gets a row with its error,
@@ -160,7 +186,7 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
     if parallel <= 1:
         rows = []
         for name, cfg in runs:
-            rows.append(_measure_or_error(name, cfg, device, cache_dir))
+            rows.append(_measure_or_error(name, cfg, device, cache_dir, 1, checkpoint))
             print(json.dumps(rows[-1]), flush=True)
         return rows
     done: dict[int, dict] = {}
@@ -169,7 +195,7 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
         share_cores_politely()          # the spawned runs inherit it; thread counts and val losses stay
     spawn = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=sharing, mp_context=spawn) as pool:
-        futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, sharing): i
+        futures = {pool.submit(_measure_or_error, name, cfg, device, cache_dir, sharing, checkpoint): i
                    for i, (name, cfg) in enumerate(runs)}
         for future in as_completed(futures):
             i = futures[future]
@@ -181,9 +207,10 @@ def measure_all(runs: list[tuple[str, RunConfig]], device: str, cache_dir: str |
     return [done[i] for i in range(len(runs))]
 
 
-def _measure_or_error(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1) -> dict:
+def _measure_or_error(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1,
+                      checkpoint: bool = False) -> dict:
     try:
-        return measure(name, cfg, device, cache_dir, sharing)
+        return measure(name, cfg, device, cache_dir, sharing, checkpoint)
     except Exception as e:
         return _error_row(name, e)
     finally:
@@ -197,12 +224,15 @@ def _error_row(name: str, error: BaseException) -> dict:
     return {"run": name, "error": f"{type(error).__name__}: {first_line}", "gpu": gpu_name()}
 
 
-def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1) -> dict:
-    """One full run, and what it cost."""
+def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, sharing: int = 1,
+            checkpoint: bool = False) -> dict:
+    """One full run, and what it cost (with `checkpoint`: a save at every evaluation, timed)."""
     data = prepare_data(cfg, cache_dir)
     dev = resolve_device(device)
     estimate = estimate_memory_bytes(cfg, data.vocab_size, dev)
-    result = train(cfg, data, device=dev, progress=False, echo=None)
+    with tempfile.TemporaryDirectory(prefix="mainrun-bench-ckpt-") as folder:
+        saver = Checkpointer(Path(folder) / "run.pt", fingerprint(cfg, data, dev), share=None) if checkpoint else None
+        result = train(cfg, data, device=dev, progress=False, echo=None, checkpoint=saver)
     tflops = flops_per_token(cfg, data.vocab_size) * result.steps * cfg.batch_size * cfg.block_size \
         / result.train_seconds / 1e12
     peak = gpu_peak()
@@ -214,7 +244,33 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
             "peak_mem_mb": result.peak_memory_mb, "est_mem_mb": estimate / 2**20, "device": result.device,
-            "gpu": gpu_name()}
+            "gpu": gpu_name(), **(checkpoint_costs(saver.saves, result.train_seconds) if saver else {})}
+
+
+def checkpoint_costs(saves: list[tuple[float, int]], train_seconds: float) -> dict:
+    """What checkpoints cost a run: per save (seconds, MiB), at every evaluation (share of the
+    training), and under the default rule (a save only while saves stay within CHECKPOINT_SHARE of
+    the training time so far: about CHECKPOINT_SHARE * T / s saves in a run of T seconds, one every
+    s / CHECKPOINT_SHARE seconds, and never more than the evaluations)."""
+    if not saves:
+        return {"ckpt_saves": 0}
+    seconds = sum(s for s, _ in saves) / len(saves)
+    training = train_seconds - sum(s for s, _ in saves)           # the run without its saves
+    return {"ckpt_saves": len(saves), "ckpt_save_s": seconds, "ckpt_mb": saves[-1][1] / 2**20,
+            "ckpt_share_every_eval": sum(s for s, _ in saves) / training,
+            "ckpt_default_saves": min(len(saves), int(CHECKPOINT_SHARE * training / seconds)),
+            "ckpt_default_interval_s": seconds / CHECKPOINT_SHARE}
+
+
+def print_checkpoint_costs(rows: list[dict]) -> None:
+    print(f"\ncheckpoints (a save at every evaluation; the default saves only while saves stay within "
+          f"{CHECKPOINT_SHARE:.0%} of the training time):")
+    print(f"{'run':<34}{'saves':>6}{'s/save':>9}{'MiB':>9}{'% every eval':>13}{'default saves':>14}{'every s':>9}")
+    for r in rows:
+        if r.get("ckpt_saves"):
+            print(f"{r['run']:<34}{r['ckpt_saves']:>6}{r['ckpt_save_s']:>9.3f}{r['ckpt_mb']:>9.1f}"
+                  f"{100 * r['ckpt_share_every_eval']:>12.2f}%{r['ckpt_default_saves']:>14}"
+                  f"{r['ckpt_default_interval_s']:>9.1f}")
 
 
 def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,

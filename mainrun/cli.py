@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import signal
 import sys
@@ -76,8 +77,18 @@ def train_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tensorboard", metavar="DIR",
                         help="also write TensorBoard event files (train/loss, val/loss, lr, tokens/s) into a new "
                              "run folder under DIR; needs the tensorboard extra")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="save the whole training state in DIR/checkpoint.pt at evaluations (within 2%% of the "
+                             "training time) and at the step where Ctrl-C or SIGTERM stops the run; a finished run "
+                             "removes it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run saved in --checkpoint-dir (same config, data and code); it ends at "
+                             "the value of an uninterrupted run")
     args = parser.parse_args(argv)
+    if args.resume and not args.checkpoint_dir:
+        parser.error("--resume needs --checkpoint-dir DIR (the folder the run saved its checkpoint in)")
 
+    from .checkpoint import run_checkpointer
     from .data import prepare_data
     from .tensorboard import TensorBoardWriter, new_run_dir, summary_writer_class
     from .train import resolve_device, train
@@ -90,13 +101,18 @@ def train_main(argv: list[str] | None = None) -> int:
             tb_dir = new_run_dir(args.tensorboard)
             print(f"tensorboard: {tb_dir} (view: tensorboard --logdir {args.tensorboard})")
         data = prepare_data(cfg, args.cache_dir)
+        checkpoint = run_checkpointer(args.checkpoint_dir, cfg, data, device, args.resume) if args.checkpoint_dir \
+            else None
         observers = [TensorBoardWriter(tb_dir, cfg)] if args.tensorboard else []
         try:
-            result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress,
-                           observers=observers)
+            with checkpoint.interrupts_deferred() if checkpoint else contextlib.nullcontext():
+                result = train(cfg, data, device=device, log_path=args.log, progress=not args.no_progress,
+                               observers=observers, checkpoint=checkpoint)
         finally:
             for observer in observers:
                 observer.close()
+        if checkpoint:                          # the run is over: nothing to resume
+            checkpoint.remove()
     except MainrunError as e:
         _fail(str(e))
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
@@ -154,7 +170,8 @@ def _add_worker_flags(parser: argparse.ArgumentParser, dataset_help: str) -> Non
     parser.add_argument("--memory-budget", type=_positive_float, metavar="GIB",
                         help="device memory one trial may use; a trial whose estimated need is larger is refused "
                              "before it starts, recorded as failed with the reason (default on a GPU: its memory "
-                             "divided by the workers sharing it; on the CPU: no limit)")
+                             "divided by the workers sharing it; on the CPU: the host's available memory divided "
+                             "by the workers)")
     parser.add_argument("--cache-dir", help="tokenizer/id cache (default: $MAINRUN_CACHE_DIR or ~/.cache/mainrun)")
     parser.add_argument("--artifacts", help="trial artifact folder (default: beside the SQLite file, or studies/artifacts)")
     parser.add_argument("--heartbeat", type=_positive, default=HEARTBEAT_INTERVAL,
@@ -206,6 +223,10 @@ def search_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--confirm", type=_positive, metavar="K",
                         help="when the search is done, confirm its K best configs and its references on 3 extra "
                              "train seeds, on the same workers (as mainrun-confirm --top K)")
+    parser.add_argument("--checkpoint-dir", metavar="DIR",
+                        help="trial checkpoints, from which a lost worker's retried trial resumes (default: "
+                             "'checkpoints' beside the artifacts folder); on several machines, a folder they all "
+                             "mount")
     args = parser.parse_args(argv)
     _check_workers(parser, args)
 
@@ -217,7 +238,8 @@ def search_main(argv: list[str] | None = None) -> int:
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
-        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard, confirm=args.confirm)
+        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard, confirm=args.confirm,
+        checkpoint_dir=args.checkpoint_dir)
     try:
         return plan_search(opts) if args.dry_run else run_search(opts)
     except MainrunError as e:

@@ -1,7 +1,8 @@
 """Study storage: the database URL a search, an export or a report is given, opened for writing
-(a search: heartbeats, one retry of a dead worker's trial, WAL for SQLite) or read-only (export,
-report: nothing created), the lock files that processes on one machine share, and the folder
-where trial artifacts live. Passwords never appear in a message.
+(a search: heartbeats, retries of a dead worker's trial, WAL for SQLite) or read-only (export,
+report: nothing created), the locks that processes share (a file on one machine; a PostgreSQL
+advisory lock across machines), and the folders where trial artifacts and checkpoints live.
+Passwords never appear in a message.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import hashlib
 import sqlite3
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,6 +24,9 @@ DEFAULT_STORAGE = "sqlite:///studies/mainrun.db"
 # A seven-epoch GPU trial takes tens of seconds to minutes: beat every 30 s, and call a
 # worker dead after 2 minutes of silence.
 HEARTBEAT_INTERVAL, HEARTBEAT_GRACE = 30, 120
+# A lost trial is retried (each retry resumes from the latest checkpoint) until this many of its
+# attempts were lost without progress (see RetryLostTrials).
+MAX_RETRY = 3
 
 
 def redact(url: str) -> str:
@@ -108,6 +113,57 @@ def check_storage_url(url: str):
     return parsed
 
 
+def study_lock(storage_url: str, kind: str, study_name: str):
+    """A lock that every process using this study holds in turn. On PostgreSQL an advisory lock in
+    the database itself, so processes on different machines exclude each other too; on SQLite (a
+    file on one machine) a machine_lock. Both: acquire(), release(force=...), is_locked."""
+    from sqlalchemy.engine import make_url
+    if make_url(storage_url).get_backend_name() == "postgresql":
+        return AdvisoryLock(storage_url, f"mainrun-{kind}\0{study_name}")
+    return machine_lock(kind, f"{storage_url}\0{study_name}")
+
+
+class AdvisoryLock:
+    """A session-level PostgreSQL advisory lock (pg_advisory_lock) on a connection of its own, held
+    from acquire() to release(). A process that dies while holding it loses its connection, and the
+    server releases the lock with the session."""
+
+    def __init__(self, url: str, key: str):
+        import sqlalchemy
+        self.key = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big", signed=True)
+        self._engine = sqlalchemy.create_engine(url, pool_size=1, pool_pre_ping=True,
+                                                isolation_level="AUTOCOMMIT")
+        self._conn = None
+
+    @property
+    def is_locked(self) -> bool:
+        return self._conn is not None
+
+    def acquire(self) -> None:
+        from sqlalchemy import text
+        if self._conn is not None:
+            return
+        conn = self._engine.connect()
+        try:
+            conn.execute(text("SELECT pg_advisory_lock(:key)"), {"key": self.key})
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+    def release(self, force: bool = False) -> None:
+        from sqlalchemy import text
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        try:
+            conn.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": self.key})
+        except Exception:        # the connection is gone, and the lock with its session
+            conn.invalidate()
+        finally:
+            conn.close()
+
+
 def machine_lock(kind: str, key: str, timeout: float = -1):
     """A file lock that every process on this machine shares for `key` (a storage, a study):
     in the temp folder, named by a digest, so nothing is left beside the user's files."""
@@ -116,8 +172,34 @@ def machine_lock(kind: str, key: str, timeout: float = -1):
     return FileLock(str(Path(tempfile.gettempdir()) / f"mainrun-{kind}-{digest}.lock"), timeout=timeout)
 
 
+class RetryLostTrials:
+    """The heartbeat callback: Optuna's RetryHeartbeatStaleTrialCallback (a WAITING copy of the
+    lost trial, with its retry_history), given up only once MAX_RETRY + 1 attempts were lost
+    without progress. An attempt progressed if it saved a checkpoint past the step it started
+    from (user attrs `checkpoint_step` and `resumed_from_step`, which a retry inherits): a trial
+    whose machines keep dying goes on, while a config that kills its worker before its first
+    checkpoint (the kernel's OOM killer, say) stops after a few attempts."""
+
+    def __init__(self, max_retry: int = MAX_RETRY):
+        self.max_retry = max_retry
+        with warnings.catch_warnings():                    # flagged experimental, stable in practice
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        chain = {*trial.system_attrs.get("retry_history", []), trial.number}
+        attempts = [t for t in study.get_trials(deepcopy=False) if t.number in chain and t.number != trial.number]
+        stuck = sum(not _progressed(t) for t in (*attempts, trial))
+        if stuck <= self.max_retry:
+            self._retry(study, trial)
+
+
+def _progressed(attempt: optuna.trial.FrozenTrial) -> bool:
+    return attempt.user_attrs.get("checkpoint_step", 0) > attempt.user_attrs.get("resumed_from_step", 0)
+
+
 def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
-    """RDBStorage with heartbeats and one retry of a dead worker's trial. SQLite gets WAL
+    """RDBStorage with heartbeats and retries of a dead worker's trial (RetryLostTrials). SQLite gets WAL
     (readers such as the dashboard never block the writers) and a long lock timeout."""
     parsed = check_storage_url(settings.url)
     db = _sqlite_file(parsed)
@@ -126,7 +208,7 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
         return optuna.storages.RDBStorage(
             settings.url, engine_kwargs=_engine_kwargs(parsed),
             heartbeat_interval=settings.heartbeat_interval, grace_period=settings.heartbeat_grace,
-            heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1))
+            heartbeat_stale_trial_callback=RetryLostTrials())
 
     # Optuna sets up a new database (tables, version row, alembic stamp) in several unlocked
     # steps, so two searches opening it at once can trip over each other. A SQLite file lives
@@ -191,3 +273,9 @@ def artifact_dir(storage_url: str, override: str | None = None) -> Path:
     from sqlalchemy.engine import make_url
     db = _sqlite_file(make_url(storage_url))
     return db.parent / "artifacts" if db is not None else Path("studies") / "artifacts"
+
+
+def checkpoint_dir(storage_url: str, artifacts: str | None = None, override: str | None = None) -> Path:
+    """Trial checkpoints live beside the artifacts folder (<db folder>/checkpoints for SQLite). For
+    workers on several machines, point --checkpoint-dir at a folder they all mount."""
+    return Path(override) if override else artifact_dir(storage_url, artifacts).parent / "checkpoints"

@@ -37,6 +37,7 @@ from typing import Callable, Sequence, TextIO
 import torch
 from tqdm import tqdm
 
+from .checkpoint import Checkpointer
 from .config import RunConfig
 from .data import Data
 from .errors import DeviceError, ScoringError
@@ -88,12 +89,12 @@ class RunObserver:
 class RunLog:
     """Mainrun's JSONL event log: one JSON object per line with 'event' and 'timestamp'."""
 
-    def __init__(self, path: str | Path | None):
+    def __init__(self, path: str | Path | None, append: bool = False):
         self.path = Path(path) if path else None
         self._file: TextIO | None = None
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = open(self.path, "w")
+            self._file = open(self.path, "a" if append else "w")
 
     def log(self, event: str, **fields) -> None:
         if self._file:
@@ -550,7 +551,7 @@ def capture_verified(cfg: RunConfig) -> bool:
 def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
           on_eval: EvalCallback | None = None, log_path: str | Path | None = None,
           progress: bool = True, echo: Callable[[str], None] | None = print,
-          observers: Sequence[RunObserver] = ()) -> RunResult:
+          observers: Sequence[RunObserver] = (), checkpoint: Checkpointer | None = None) -> RunResult:
     dev = resolve_device(device) if isinstance(device, str) else device
     precision = resolve_precision(cfg, dev)
     say = echo or (lambda _msg: None)
@@ -562,14 +563,14 @@ def train(cfg: RunConfig, data: Data, *, device: str | torch.device = "auto",
     # split and the tokenizer were keyed by cfg.seed, so every train seed scores the same tokens.
     torch.manual_seed(cfg.effective_train_seed)
     random.seed(cfg.effective_train_seed)
-    runlog = RunLog(log_path)
+    runlog = RunLog(log_path, append=checkpoint is not None and checkpoint.resumes)
     try:
-        return _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
+        return _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers, checkpoint)
     finally:
         runlog.close()
 
 
-def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers) -> RunResult:
+def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers, checkpoint) -> RunResult:
     runlog.log("hyperparameters_configured", **cfg.to_dict(), effective_train_seed=cfg.effective_train_seed,
                robustness_run=cfg.effective_train_seed != cfg.seed)
     compile_mode = resolve_compile(cfg, dev, say)
@@ -613,6 +614,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
     span, tokens = cfg.batch_size * cfg.block_size + 1, cfg.batch_size * cfg.block_size
     ptr, step, flushed, eval_index = 0, 0, 0, 0
     last_read, eval_seconds = t0, 0.0                 # for the throughput between reads
+    if checkpoint is not None:                        # a resumed run goes on from its saved state
+        ptr, step, flushed, eval_index, t0 = checkpoint.attach(model, opt, train_step, step_losses, result, t0)
 
     def lr_at(at_step: int) -> float:
         """The lr of the update that `at_step` contributes to."""
@@ -638,9 +641,10 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
             result.diverged = f"training loss became {bad} by step {step}"
 
     model.train()
-    for epoch in range(1, cfg.epochs + 1):
-        bar = tqdm(range(batches), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False,
-                   dynamic_ncols=True)
+    done_epochs, done_batches = divmod(step, batches)
+    for epoch in range(done_epochs + 1, cfg.epochs + 1):
+        bar = tqdm(range(done_batches if epoch == done_epochs + 1 else 0, batches), desc=f"epoch {epoch}/{cfg.epochs}",
+                   disable=not progress, leave=False, dynamic_ncols=True)
         for _ in bar:
             step += 1
             if ptr + span >= len(train_ids):      # Mainrun's get_batch(): wrap to the start
@@ -676,6 +680,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers)
                 elif on_eval is not None and on_eval(eval_index, step, val_loss) and step < max_steps:
                     result.stopped_early = True       # at the last step there is nothing left to save
                 eval_index += 1
+            if checkpoint is not None:                # saves when due, and on a deferred Ctrl-C or SIGTERM
+                checkpoint.step_done(step, ptr, flushed, eval_index, step in evals)
             if result.diverged or result.stopped_early:
                 break
         bar.close()

@@ -103,3 +103,21 @@ def test_a_bad_search_benchmark_is_refused_before_anything_runs(tmp_path, args, 
                           capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_checkpoint_costs_are_measured_per_save(tmp_path, titles_file):
+    """--checkpoint: a save at every evaluation (but step 1's and the last), timed and sized, and what
+    the default rule would save; the figures a GPU session fills into docs/performance.md."""
+    from mainrun.checkpoint import CHECKPOINT_SHARE
+    from mainrun.config import RunConfig
+    from mainrun.train import eval_steps
+    base = tmp_path / "tiny.yaml"
+    base.write_text(yaml.safe_dump(TINY))
+    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--base", str(base), "--checkpoint")
+    r = rows[0]
+    cfg = RunConfig.from_dict(TINY)
+    assert r["ckpt_saves"] == len(eval_steps(cfg, r["steps_per_epoch"])) - 2
+    assert r["ckpt_save_s"] > 0 and r["ckpt_mb"] > 0 and r["ckpt_share_every_eval"] > 0
+    assert 0 <= r["ckpt_default_saves"] <= r["ckpt_saves"]
+    assert r["ckpt_default_interval_s"] == pytest.approx(r["ckpt_save_s"] / CHECKPOINT_SHARE)
+    assert "s/save" in stdout and "% every eval" in stdout and "default saves" in stdout

@@ -766,13 +766,14 @@ def test_bad_devices_and_storages_exit_2_before_anything_is_created(tmp_path, ti
         assert sorted(p.name for p in tmp_path.iterdir()) == ["titles.txt"], args   # no study, no data work
 
 
-def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, titles_file):
+def test_a_corrupt_database_or_an_impossible_artifacts_or_checkpoint_folder_exits_2(tmp_path, titles_file):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(bytes(range(256)) * 32)
     a_file = tmp_path / "a-file"
     a_file.write_text("")
     cases = [(["--storage", f"sqlite:///{corrupt}"], "file is not a database"),
-             (["--artifacts", str(a_file / "artifacts")], "--artifacts")]
+             (["--artifacts", str(a_file / "artifacts")], "--artifacts"),
+             (["--checkpoint-dir", str(a_file / "checkpoints")], f"--checkpoint-dir {a_file / 'checkpoints'}: ")]
     for args, words in cases:
         argv = cli("mainrun-search", "--space", str(SMOKE), "--trials", "1", "--dataset", str(titles_file),
                    "--storage", f"sqlite:///{tmp_path / 'x.db'}", *args)
@@ -781,6 +782,15 @@ def test_a_corrupt_database_or_an_impossible_artifacts_folder_exits_2(tmp_path, 
         assert proc.returncode == 2 and words in proc.stderr, (args, proc.stderr)
         assert "Traceback" not in proc.stderr
     assert not (tmp_path / "x.db").exists()                     # the artifacts are checked before the study
+
+
+def test_checkpoints_live_beside_the_artifacts_unless_told_otherwise():
+    from mainrun.storage import checkpoint_dir
+    assert checkpoint_dir("sqlite:///studies/x.db") == Path("studies/checkpoints")
+    assert checkpoint_dir("sqlite:////data/s.db") == Path("/data/checkpoints")
+    assert checkpoint_dir("sqlite:////data/s.db", artifacts="/mnt/shared/artifacts") == Path("/mnt/shared/checkpoints")
+    assert checkpoint_dir("postgresql+psycopg://u@h/db") == Path("studies/checkpoints")
+    assert checkpoint_dir("postgresql+psycopg://u@h/db", "/a", override="/shared/ck") == Path("/shared/ck")
 
 
 def test_storage_urls_never_show_a_password_and_a_malformed_one_is_a_clear_error():
@@ -863,7 +873,7 @@ def test_a_resume_enqueues_known_configs_added_since_or_interrupted(tmp_path, ti
     trial.set_user_attr("fail_reason", "interrupted")
     study.tell(trial, state=TrialState.FAIL)
     # ... one whose worker died twice (a stale heartbeat fails a trial with no reason of its
-    # own; Optuna's one retry died too) ...
+    # own; and its retry died too) ...
     lost = {"optimizer": "sgd", "lr": 0.02, "momentum": 0.5, "d_model": 16, "head_dim": 16, "mlp": "gelu"}
     for _ in range(2):
         study.enqueue_trial(lost, user_attrs={"enqueued_as": "lost-worker"})
@@ -890,3 +900,32 @@ def test_a_seeded_sequential_search_is_repeatable(tmp_path, titles_file):
         runs.append([(t.params, t.state, t.value) for t in load(tmp_path, "r", db=db).trials])
     assert runs[0] == runs[1]
     assert len({str(params) for params, _, _ in runs[0]}) == 4            # four different points
+
+
+def test_a_cpu_worker_refuses_a_model_the_host_cannot_hold(tmp_path, titles_file):
+    """A mistyped depth (2,000,000 for 2) on the CPU: the default budget is the host's available
+    memory, so the trial is refused by its estimate (as on a GPU) instead of hanging the worker while
+    it builds the model; --dry-run counts the corners that would be refused."""
+    data = yaml.safe_load(SMOKE.read_text())
+    del data["fixed"]["n_layer"]
+    data["params"]["n_layer"] = {"values": [1, 2_000_000]}
+    data["enqueue"][0]["n_layer"] = 2_000_000
+    space = tmp_path / "deep.yaml"
+    space.write_text(yaml.safe_dump(data, sort_keys=False))
+
+    dry = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", space=space)
+    assert dry.returncode == 0, dry.stdout + dry.stderr
+    m = re.search(r"default budget \(the host has [\d.]+ [GM]iB available for 1 worker\(s\), [\d.]+ [GM]iB each\): "
+                  r"(\d+) of the (\d+) corners would be refused", dry.stdout)
+    assert m and int(m[1]) * 2 == int(m[2]), dry.stdout                  # the deep half of the corners
+
+    proc = search(tmp_path, "--trials", "2", "--dataset", str(titles_file), "--study", "deep", space=space)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    study = load(tmp_path, "deep")
+    refused = study.get_trials(states=(TrialState.FAIL,))
+    assert refused and refused[0].number == 0                           # the enqueued deep one, first
+    for t in refused:
+        assert t.user_attrs["refused"] is True and t.params["n_layer"] == 2_000_000
+        assert re.match(r"does not fit: needs ~[\d.]+ GiB by estimate; the host has [\d.]+ [GM]iB available",
+                        t.user_attrs["fail_reason"]), t.user_attrs["fail_reason"]
+    assert [t.params["n_layer"] for t in finished(study)] == [1, 1]

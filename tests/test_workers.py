@@ -1,6 +1,7 @@
 """Real worker processes through the installed `mainrun-search` (no mocks): several workers on
-one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL,
-one retry), and Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded as FAIL, resume).
+one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL, a
+retry that looks for its checkpoint), Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded
+as FAIL, resume), and machines that share no file lock ending at exactly --trials on PostgreSQL.
 
 Which trial a worker is training is read from the worker's open file descriptors: train()
 keeps the trial's JSONL log (`trial-<number>.jsonl`) open while it trains, so a signal sent
@@ -21,6 +22,7 @@ import yaml
 from optuna.trial import TrialState
 
 from helpers import SPACES, cli
+from mainrun.soak import trial_in_training as training
 
 SMOKE = SPACES / "smoke.yaml"
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -28,7 +30,6 @@ STUDY = "w"
 START_TIMEOUT = 180          # seconds until a worker is inside a trial
 RUN_TIMEOUT = 300            # seconds for a whole search
 EXIT_AFTER_SIGNAL = 10       # seconds a search may take to stop after Ctrl-C / SIGTERM
-TRIAL_LOG = re.compile(r"/trial-(\d+)\.jsonl$")
 
 
 # ---------------------------------------------------------------------- fixtures
@@ -189,22 +190,6 @@ def is_worker(pid: int) -> bool:
         return False
 
 
-def training(pid: int) -> int | None:
-    """The number of the trial whose log the process has open, i.e. the trial it trains now."""
-    try:
-        fds = list(Path(f"/proc/{pid}/fd").iterdir())
-    except OSError:
-        return None
-    for fd in fds:
-        try:
-            match = TRIAL_LOG.search(os.readlink(fd))
-        except OSError:
-            continue
-        if match:
-            return int(match.group(1))
-    return None
-
-
 def wait_until_training(search: Search, min_trial: int = 0, workers: bool = False) -> tuple[int, int]:
     """Wait until a process of `search` (the search itself, or one of its worker processes)
     trains a trial numbered >= min_trial that the storage shows RUNNING. Returns (pid, trial).
@@ -338,6 +323,9 @@ def test_killed_worker_trial_is_failed_and_retried(storage_url, titles, quick_sp
     retry = retries[0]
     assert retry.state in FINISHED, describe(trials)
     assert retry.params == by_number[killed].params, describe(trials)
+    # it looked for its predecessor's checkpoint (resumed from it, or from step 0 if it had none yet)
+    assert 0 <= retry.user_attrs["resumed_from_step"] < retry.user_attrs["max_steps"], describe(trials)
+    assert not list((search.cwd / "checkpoints").rglob("*.pt"))          # all ended: none is left
 
 
 # ---------------------------------------------------------------------- Ctrl-C / SIGTERM
@@ -449,3 +437,91 @@ def test_sigterm_while_waiting_for_a_dead_workers_trial_exits_143(tmp_path, titl
     assert rc == 143, out[-6000:]
     assert "interrupted (SIGTERM)" in out and "Traceback" not in out, out[-6000:]
     assert next(t for t in trials_of(url) if t.number == zombie.number).state == TrialState.RUNNING
+
+
+# ---------------------------------------------------------------------- exact --trials across machines
+# One "machine": the worker loop's admission (check under the lock, the new trial made, the lock
+# released), as fast as it can go, so that machines race for every slot.
+MACHINE = """
+import sys, warnings, optuna
+warnings.simplefilter("ignore")
+from mainrun.search.workers import Admission
+from mainrun.storage import StorageSettings, open_storage
+url, trials = sys.argv[1], int(sys.argv[2])
+study = optuna.load_study(study_name="x", storage=open_storage(StorageSettings(url)))
+admission = Admission(url, "x", trials)
+while admission.needed(study):
+    trial = study.ask()          # as study.optimize does: the trial exists, then the objective releases
+    admission.release()
+    study.tell(trial, 0.0)
+"""
+
+
+def test_machines_that_share_no_file_lock_end_at_exactly_trials_on_postgresql(pg_url, tmp_path):
+    """Six processes, each with its own temp folder (so machine_lock files differ, as on separate
+    machines), admit trials on one PostgreSQL study: the database's advisory lock keeps the count."""
+    import sys
+    trials = 40
+    optuna.create_study(study_name="x", storage=pg_url)
+    machines = [tmp_path / f"machine-{i}" for i in range(6)]
+    procs = []
+    for machine in machines:
+        machine.mkdir()
+        procs.append(subprocess.Popen([sys.executable, "-c", MACHINE, pg_url, str(trials)],
+                                      env={**os.environ, "TMPDIR": str(machine)}, stderr=subprocess.PIPE))
+    for p in procs:
+        assert p.wait(timeout=RUN_TIMEOUT) == 0, p.stderr.read().decode()[-3000:]
+    made = optuna.load_study(study_name="x", storage=pg_url).get_trials(deepcopy=False)
+    assert len(made) == trials and all(t.state == TrialState.COMPLETE for t in made), states(made)
+    assert not [p for m in machines for p in m.iterdir()]               # no file lock was used, or needed
+
+
+def test_the_admission_lock_is_the_databases_on_postgresql_and_a_file_on_sqlite(pg_url, tmp_path):
+    import sqlalchemy
+    from filelock import FileLock
+
+    from mainrun.storage import study_lock
+    assert isinstance(study_lock(f"sqlite:///{tmp_path / 'a.db'}", "admission", "s"), FileLock)
+    lock = study_lock(pg_url, "admission", "s")
+    engine = sqlalchemy.create_engine(pg_url)
+
+    def free() -> bool:            # another session (another machine) tries to take it
+        with engine.connect() as conn:
+            got = conn.execute(sqlalchemy.text("SELECT pg_try_advisory_lock(:k)"), {"k": lock.key}).scalar()
+            if got:
+                conn.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:k)"), {"k": lock.key})
+            return got
+    try:
+        lock.acquire()
+        assert lock.is_locked and not free()
+        lock.release()
+        assert not lock.is_locked and free()
+        assert study_lock(pg_url, "admission", "other study").key != lock.key
+    finally:
+        lock.release()
+        engine.dispose()
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")         # trials asked for by hand
+def test_waiting_for_running_trials_gives_a_clock_only_to_trials_that_never_beat(storage_url):
+    """A search that waits for running trials records one heartbeat for a trial that never beat (its
+    worker died before the first), but never refreshes a dead worker's old one: workers that restart
+    every few seconds (a crash loop, the chaos soak) would otherwise keep its trial RUNNING for ever."""
+    from mainrun.search.workers import _never_beat, _wait_for_running
+    from mainrun.storage import StorageSettings
+    from mainrun.storage import open_storage as open_search_storage
+    settings = StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=4)
+    storage = open_search_storage(settings)
+    study = optuna.create_study(study_name=STUDY, storage=storage)
+    beat, silent = study.ask(), study.ask()
+    storage.record_heartbeat(beat._trial_id)
+    running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    assert [t.number for t in _never_beat(storage, running)] == [silent.number]
+    # restarted searches keep waiting, one after another, each for less than the grace (4 s): the
+    # dead trials still go stale
+    deadline = time.time() + 60
+    while study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        assert time.time() < deadline, describe(study.get_trials())
+        _wait_for_running(study, StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=1))   # 3 s
+    failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+    assert sorted(t.number for t in failed) == [beat.number, silent.number]

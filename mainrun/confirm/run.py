@@ -20,7 +20,7 @@ from ..search.run import SearchOptions, WorkerPlacement, check_folder_can_be_mad
 from ..search.study import finished_count, tally
 from ..search.workers import Objective, WorkerContext, optuna_quieted, run_rounds
 from ..space import DATA_FIELDS
-from ..storage import StorageSettings, artifact_dir, open_storage, open_study_readonly
+from ..storage import StorageSettings, artifact_dir, checkpoint_dir, open_storage, open_study_readonly
 from .companion import SUFFIX, companion_name, enqueue_lock, enqueue_pairs, missing_pairs, open_companion, \
     read_companion
 from .console import print_confirmation, print_plan
@@ -156,7 +156,9 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
                           f"({plan.search.user_attrs.get('dataset')}); a confirmation must score the same "
                           "validation tokens. Give --dataset the same titles file")
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
-    check_folder_can_be_made(artifacts)
+    checkpoints = checkpoint_dir(opts.storage.url, opts.artifacts)        # a lost run's retry resumes from them
+    check_folder_can_be_made(artifacts, "--artifacts")
+    check_folder_can_be_made(checkpoints, "checkpoints")
     with optuna_quieted():
         storage = open_storage(opts.storage)
         search = optuna.load_study(study_name=opts.study, storage=storage)
@@ -175,7 +177,7 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
         if counts[TrialState.WAITING] or counts[TrialState.RUNNING]:
             objective = ConfirmObjective(base, searched_on, opts.cache_dir)
             contexts = opts.worker_contexts(objective, companion, trials, devices, artifacts, time.time(),
-                                            enqueued_only=True)
+                                            enqueued_only=True, checkpoints=str(checkpoints))
             code = run_rounds(companion, contexts, trials, echo)
         confirmation = read_confirmation(search, companion)
     print_confirmation(confirmation, opts.storage.url, echo, search)

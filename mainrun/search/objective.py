@@ -5,13 +5,15 @@ any evaluation), return its validation loss.
 config, the inputs' identity) that crosses the process boundary; each worker `build`s the
 callable objective from it once its own copy of the data is loaded. `TrialRunner` is the part any
 objective that trains a fixed config as a trial can use: refused up front if it would not fit in
-memory, trained with every evaluation reported, its measurements recorded as user attrs and its
-config and log kept as artifacts.
+memory, trained with every evaluation reported and checkpointed (a retry of a lost trial resumes),
+its measurements recorded as user attrs and its config and log kept as artifacts.
 """
 from __future__ import annotations
 
 import gc
+import os
 import shutil
+import socket
 import subprocess
 import tempfile
 from dataclasses import dataclass
@@ -22,6 +24,7 @@ import optuna
 from optuna.trial import TrialState
 
 from .. import __version__
+from ..checkpoint import TrialCheckpoints
 from ..config import RunConfig, read_yaml_text
 from ..curves import CURVES_ATTR, curves_record, write_curves_png
 from ..data import Data, prepare_data
@@ -118,6 +121,7 @@ class TrialRunner:
         self.store = optuna.artifacts.FileSystemArtifactStore(ctx.artifacts)
         self.commit = git_commit()
         self.tensorboard = Path(ctx.tensorboard) / ctx.study_name if ctx.tensorboard else None
+        self.checkpoints = TrialCheckpoints(ctx.checkpoints, echo) if ctx.checkpoints else None
 
     def __call__(self, trial: optuna.Trial, cfg: RunConfig) -> float:
         import torch
@@ -127,6 +131,7 @@ class TrialRunner:
         self._refuse_if_too_big(trial, cfg)
         trial.set_user_attr("mainrun_version", __version__)
         trial.set_user_attr("git_commit", self.commit)
+        trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")     # which machine and process
         workdir = Path(tempfile.mkdtemp(prefix="mainrun-trial-"))
         log_path = workdir / f"trial-{trial.number}.jsonl"
         last = {}
@@ -139,9 +144,11 @@ class TrialRunner:
 
         observers = [TensorBoardWriter(self.tensorboard / f"trial-{trial.number}", cfg)] if self.tensorboard else []
         curves = None
+        # a retry of a lost trial reports its predecessor's evaluations here and resumes from its checkpoint
+        checkpoint = self.checkpoints.for_trial(trial, cfg, self.data, self.device) if self.checkpoints else None
         try:
             result = train(cfg, self.data, device=self.device, on_eval=on_eval, log_path=log_path,
-                           progress=False, echo=None, observers=observers)
+                           progress=False, echo=None, observers=observers, checkpoint=checkpoint)
             curves = curves_record(result)
             trial.set_user_attr(CURVES_ATTR, curves)
         except torch.OutOfMemoryError as e:
@@ -153,6 +160,8 @@ class TrialRunner:
         finally:
             for observer in observers:
                 observer.close()
+            if self.checkpoints:                 # it ended here (not with its worker): nothing will resume it
+                self.checkpoints.discard(trial)
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
@@ -221,18 +230,43 @@ def failed(trial: optuna.Trial, error: Exception) -> Exception:
 
 
 def memory_budget(device: torch.device, budget_gib: float | None, workers_on_device: int) -> tuple[int, str] | None:
-    """(bytes one trial may use, where that number comes from), or None for no limit (the
-    CPU, unless --memory-budget is given)."""
+    """(bytes one trial may use, where that number comes from): --memory-budget, else the device's
+    memory shared by its workers (on the CPU the host's available memory, read when the worker
+    starts); None where that cannot be read."""
     import torch
     if budget_gib is not None:
         budget = int(budget_gib * GIB)
         return budget, f"--memory-budget is {byte_size(budget)} per trial"
     if device.type != "cuda":
-        return None
+        available = available_memory()
+        if available is None:
+            return None
+        share = available // workers_on_device
+        return share, (f"the host has {byte_size(available)} available for {workers_on_device} worker(s), "
+                       f"{byte_size(share)} each")
     props = torch.cuda.get_device_properties(device)
     share = props.total_memory // workers_on_device
     return share, (f"{props.name} has {byte_size(props.total_memory)} for {workers_on_device} worker(s), "
                    f"{byte_size(share)} each")
+
+
+def available_memory() -> int | None:
+    """Bytes this process could still allocate: MemAvailable from /proc/meminfo, or less where a
+    cgroup (v2) memory limit leaves less, as in a container. None where neither can be read."""
+    limits = []
+    try:
+        with open("/proc/meminfo") as f:
+            limits += [int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        cgroup = Path("/sys/fs/cgroup")
+        limit = (cgroup / "memory.max").read_text().strip()
+        if limit != "max":
+            limits.append(int(limit) - int((cgroup / "memory.current").read_text()))
+    except (OSError, ValueError):
+        pass
+    return max(min(limits), 0) if limits else None
 
 
 def git_commit() -> str:

@@ -26,6 +26,7 @@ def plan_search(opts: SearchOptions, echo: Echo = say) -> int:
     import torch
 
     from ..train import estimate_memory_bytes, model_shape
+    from .objective import memory_budget
 
     space = load_space(opts.space, opts.sampler, opts.pruner)
     base = opts.base_config(space)
@@ -64,4 +65,11 @@ def plan_search(opts: SearchOptions, echo: Echo = say) -> int:
     if opts.memory_budget_gib:
         over = sum(n > opts.memory_budget_gib * GIB for n in needs)
         echo(f"--memory-budget {opts.memory_budget_gib:g} GiB: {over} of the {len(corners)} corners would be refused")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        echo("default budget: a GPU's memory divided by the workers sharing it (no GPU here to size it)")
+    else:
+        budget = memory_budget(device, None, opts.jobs_per_gpu if opts.gpus else opts.jobs)
+        if budget is not None:
+            over = sum(n > budget[0] for n in needs)
+            echo(f"default budget ({budget[1]}): {over} of the {len(corners)} corners would be refused")
     return 0

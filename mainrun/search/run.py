@@ -4,6 +4,7 @@ created, prepare the data once, open (or resume) the study, run rounds of worker
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from ..config import RunConfig
 from ..data import prepare_data
 from ..errors import SearchError
 from ..space import SearchSpace, load_space
-from ..storage import StorageSettings, artifact_dir, check_storage_url, open_storage
+from ..checkpoint import TrialCheckpoints
+from ..storage import StorageSettings, artifact_dir, check_storage_url, checkpoint_dir, open_storage
 from .console import NO_GPU_WARNING, Echo, dashboard_command, print_summary, say
 from .objective import SearchObjective
 from .study import finished_count, open_study
@@ -45,14 +47,16 @@ class WorkerPlacement:
 
     def worker_contexts(self, objective: ObjectiveFactory, study: optuna.Study, trials: int, devices: list[str],
                         artifacts: Path, start: float, deadline: float | None = None,
-                        enqueued_only: bool = False, tensorboard: str | None = None) -> list[WorkerContext]:
+                        enqueued_only: bool = False, tensorboard: str | None = None,
+                        checkpoints: str | None = None) -> list[WorkerContext]:
         """One context per worker; CPU workers share the cores this process may use."""
         threads = None if any(d.startswith("cuda") for d in devices) else max(1, usable_cpus() // len(devices))
         return [WorkerContext(objective=objective, storage=self.storage, study_name=study.study_name, trials=trials,
                               device=dev, artifacts=str(artifacts), worker=i, start_time=start,
                               finished_at_start=finished_count(study), threads=threads,
                               memory_budget_gib=self.memory_budget_gib, workers_on_device=devices.count(dev),
-                              deadline=deadline, enqueued_only=enqueued_only, tensorboard=tensorboard)
+                              deadline=deadline, enqueued_only=enqueued_only, tensorboard=tensorboard,
+                              checkpoints=checkpoints)
                 for i, dev in enumerate(devices)]
 
 
@@ -77,6 +81,7 @@ class SearchOptions(WorkerPlacement):
     timeout: float | None = None         # seconds after which no new trial starts
     tensorboard: str | None = None       # a folder for each trial's TensorBoard event files
     confirm: int | None = None           # then confirm the best `confirm` configs on extra train seeds
+    checkpoint_dir: str | None = None    # default: beside the artifacts folder
 
     def base_config(self, space: SearchSpace) -> RunConfig:
         """What every trial starts from: the space's fixed fields, then --dataset."""
@@ -99,7 +104,9 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
         summary_writer_class()                                      # a missing package, too
     data = prepare_data(base, opts.cache_dir)                       # once per study: workers hit the cache
     artifacts = artifact_dir(opts.storage.url, opts.artifacts)
-    check_folder_can_be_made(artifacts)                            # before a study exists that it would serve
+    checkpoints = checkpoint_dir(opts.storage.url, opts.artifacts, opts.checkpoint_dir)
+    check_folder_can_be_made(artifacts, "--artifacts")              # before a study exists that it would serve
+    check_folder_can_be_made(checkpoints, "--checkpoint-dir")
     with optuna_quieted():
         storage = open_storage(opts.storage)                        # creates nothing if the data is unusable
         study = open_study(space, storage, opts.study or Path(opts.space).stem, data, base, opts.new_study,
@@ -118,8 +125,12 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
                                     pruner=opts.pruner, cache_dir=opts.cache_dir, seed=opts.seed)
         contexts = opts.worker_contexts(objective, study, opts.trials, devices, artifacts, start,
                                         deadline=start + opts.timeout if opts.timeout else None,
-                                        tensorboard=opts.tensorboard)
-        code = run_rounds(study, contexts, opts.trials, echo)
+                                        tensorboard=opts.tensorboard, checkpoints=str(checkpoints))
+        try:
+            code = run_rounds(study, contexts, opts.trials, echo)
+        finally:                                # checkpoints that no retry can use any more; best effort
+            with contextlib.suppress(Exception):
+                TrialCheckpoints(checkpoints).sweep(study)
     print_summary(study, opts.storage.url, artifacts, echo=echo, space=space)
     if opts.confirm and code != 0:
         echo("confirm: not started, since the search did not finish")
@@ -130,10 +141,10 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
     return code
 
 
-def check_folder_can_be_made(folder: Path) -> None:
+def check_folder_can_be_made(folder: Path, flag: str) -> None:
     """Refuse a folder that cannot exist (a file on its path) or cannot be written, creating nothing."""
     existing = next(p for p in (folder.absolute(), *folder.absolute().parents) if p.exists())
     if not existing.is_dir():
-        raise SearchError(f"--artifacts {folder}: {existing} is a file, so the folder cannot be made")
+        raise SearchError(f"{flag} {folder}: {existing} is a file, so the folder cannot be made")
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise SearchError(f"--artifacts {folder}: {existing} is not writable")
+        raise SearchError(f"{flag} {folder}: {existing} is not writable")

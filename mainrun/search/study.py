@@ -176,7 +176,7 @@ def _enqueue_untried(study: optuna.Study, space: SearchSpace) -> list[str]:
     """Enqueue the space's known configs that the study has not tried; return their labels.
     A new study gets all of them. A resumed one gets those added to the file since and those
     whose every trial was cut short: interrupted, or lost with its worker (failed for a stale
-    heartbeat, with no reason of its own, also after Optuna's one retry died too). A known
+    heartbeat, with no reason of its own, also after Optuna's retries died too). A known
     config that finished, failed on its own (OOM, refused, an error) or is still waiting or
     running is not enqueued again. (Optuna's skip_if_exists would also skip a cut-short one.)"""
     tried = [t.system_attrs.get("fixed_params", t.params) for t in study.get_trials(deepcopy=False)

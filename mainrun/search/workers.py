@@ -1,10 +1,11 @@
 """Workers: processes that each take trials from one study until it holds enough finished ones.
 
 Optuna's RDB storage is the only coordinator: workers here, or on other machines, share a study
-through it; heartbeats turn a dead worker's trial into a FAIL that is retried once. On this
-machine, `Admission` lets one worker at a time decide whether another trial is needed, so they
-never overshoot `trials`. `run_rounds` starts the workers (GPU workers always as processes of
-their own), forwards SIGTERM to them, and starts another round if they stop short.
+through it; heartbeats turn a dead worker's trial into a FAIL that is retried (from its latest
+checkpoint, see mainrun.checkpoint). `Admission` lets one worker at a time decide whether another
+trial is needed (on SQLite one machine's workers, on PostgreSQL every machine's), so they never
+overshoot `trials`. `run_rounds` starts the workers (GPU workers always as processes of their
+own), forwards SIGTERM to them, and starts another round if they stop short.
 
 What a trial *is* comes with the context: `WorkerContext.objective` is plain data that the worker
 `build`s into its objective, so the same machinery (processes, heartbeats and retry, signals,
@@ -27,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InputsChanged, TrialFailed, WorkerBroken
-from ..storage import StorageSettings, machine_lock, open_storage
+from ..storage import StorageSettings, open_storage, study_lock
 from .console import Echo, say, trial_line, worker_echo
 from .interrupts import Interrupt, check_interrupted, interrupts_caught
 from .study import FINISHED, best_trial, finished_count, tally
@@ -66,17 +67,18 @@ class WorkerContext:
     deadline: float | None = None        # --timeout: no trial starts after this time.time()
     tensorboard: str | None = None       # --tensorboard: each trial's event files in DIR/<study>/trial-<n>
     enqueued_only: bool = False          # the objective runs enqueued trials only: ask only while one waits
+    checkpoints: str | None = None       # trial checkpoints' folder (a lost trial's retry resumes); None: none
 
 
 class Admission:
-    """Decides, one worker at a time on this machine, whether another trial is needed.
-    The lock is held from the check until the new trial exists (the objective releases
-    it), so two workers never both take the last slot. Across machines the check is
-    still made, but unlocked (see docs/search.md)."""
+    """Decides, one worker at a time, whether another trial is needed. The lock (a file lock on
+    this machine for SQLite; for PostgreSQL an advisory lock in the database, which every machine
+    shares) is held from the check until the new trial exists (the objective releases it), so two
+    workers never both take the last slot."""
 
     def __init__(self, storage_url: str, study_name: str, trials: int, deadline: float | None = None,
                  enqueued_only: bool = False):
-        self.lock = machine_lock("admission", f"{storage_url}\0{study_name}")
+        self.lock = study_lock(storage_url, "admission", study_name)
         self.trials, self.deadline, self.enqueued_only = trials, deadline, enqueued_only
 
     def needed(self, study: optuna.Study) -> bool:
@@ -290,7 +292,9 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
     Optuna never considers stale; one heartbeat recorded here gives it a clock."""
     storage = study._storage
     optuna.storages.fail_stale_trials(study)          # those whose heartbeat expired already: now
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+    # Only those that never beat: refreshing a dead worker's old heartbeat would restart its grace,
+    # and workers that restart often (a crash loop, a chaos soak) would keep it RUNNING for ever.
+    for trial in _never_beat(storage, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
     deadline = time.time() + settings.heartbeat_grace * 3
     while time.time() < deadline:
@@ -299,6 +303,20 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
             return True
         time.sleep(min(5.0, settings.heartbeat_interval))
     return False
+
+
+def _never_beat(storage: optuna.storages.BaseStorage, trials: list) -> list:
+    """The trials with no heartbeat recorded. Optuna has no reader for heartbeats: its table
+    (trial_heartbeats, one row per trial that beat) is read directly."""
+    import sqlalchemy
+    if not trials:
+        return []
+    storage = getattr(storage, "_backend", storage)   # a study wraps its RDBStorage in a cache
+    query = sqlalchemy.text("SELECT trial_id FROM trial_heartbeats WHERE trial_id IN :ids").bindparams(
+        sqlalchemy.bindparam("ids", expanding=True))
+    with storage.engine.connect() as conn:
+        beat = set(conn.execute(query, {"ids": [t._trial_id for t in trials]}).scalars())
+    return [t for t in trials if t._trial_id not in beat]
 
 
 def _run_workers(contexts: list[WorkerContext]) -> list[int]:
