@@ -3,17 +3,21 @@
     python -m mainrun.bench --dataset titles.txt [--runs baseline:fp32,report-000:bf16] [--json out.json]
     python -m mainrun.bench --dataset titles.txt --base studies/best-standin.yaml \
         --ablate norm=rmsnorm --ablate pos_emb=rope --ablate decay_all=false,residual_init=scaled
-    python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 8 --jobs 1,2,3
+    python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 40 --jobs 3 \
+        [--inductor-cache empty]
+    python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/mainrun.db --jobs 3
     python -m mainrun.bench --dataset titles.txt --runs baseline:bf16 --checkpoint
     python -m mainrun.bench --dataset titles.txt --soak 300 --storage postgresql+psycopg://user@host/db
 
 For each run it prints data-prep seconds, training seconds, tokens/s, the achieved model
 TFLOP/s and its fraction of the GPU's dense bf16 peak, the final validation loss, and the
-estimated and measured peak memory. With --search it runs a short search per --jobs value
-(workers sharing the device) and prints trials per hour and full-run equivalents per hour:
-the aggregate throughput of several trials per GPU. With --checkpoint it also prints what a
-checkpoint save costs; --soak is the chaos soak of crash survival (mainrun/soak.py). A run that fails (out of memory, a capture
-or compile error) is printed with its error, the others still run, and the exit code is 1.
+estimated and measured peak memory. --search (a fresh search per --jobs value) and --replay (the
+configs of an existing study, trained again in order and in full: the controlled comparison) print
+a search's headline figures: wall time, device-seconds, setup share, trials and full-run
+equivalents per hour, the best value (mainrun/bench_search.py). With --checkpoint it also prints
+what a checkpoint save costs; --soak is the chaos soak of crash survival (mainrun/soak.py). A run
+that fails (out of memory, a capture or compile error) is printed with its error, the others
+still run, and the exit code is 1.
 It is a benchmark, not a test: nothing here asserts a time.
 """
 from __future__ import annotations
@@ -23,12 +27,12 @@ import gc
 import json
 import multiprocessing
 import tempfile
-import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import torch
 
+from .bench_search import CACHE_CHOICES, print_search_rows, replay_throughput, search_throughput
 from .checkpoint import CHECKPOINT_SHARE, Checkpointer, fingerprint
 from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
@@ -36,6 +40,7 @@ from .errors import ConfigError, MainrunError
 from .model import GPT
 from .policy import PRUNERS
 from .search.workers import share_cores_politely
+from .storage import DEFAULT_STORAGE
 from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
@@ -70,11 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ablate", action="append", default=[], metavar="KEY=VALUE[,KEY=VALUE]",
                         help="with --base: one variant (repeatable), e.g. --ablate norm=rmsnorm")
     parser.add_argument("--search", metavar="SPACE",
-                        help="instead: time a short search of this space once per --jobs value")
+                        help="instead: time a search of this space once per --jobs value")
+    parser.add_argument("--replay", metavar="STUDY",
+                        help="instead: train the configs of this study again, in trial order and in full, once per "
+                             "--jobs value: a speed change measured on identical trials")
+    parser.add_argument("--replay-storage", metavar="URL", help="with --replay: its storage (default: the default "
+                                                                "study database)")
+    parser.add_argument("--first", type=int, metavar="N", help="with --replay: only its first N configs")
+    parser.add_argument("--inductor-cache", choices=CACHE_CHOICES, default="as-is",
+                        help="with --search or --replay: empty runs from a fresh, empty torch.compile cache, as a "
+                             "fresh GPU machine does (default: the machine's cache, as it is)")
     parser.add_argument("--trials", type=int,
                         help="with --search: trials per search (default: 8); with --soak: the finished trials the "
                              "study ends with (default: SECONDS / 2.5)")
-    parser.add_argument("--jobs", default="1", help="with --search: comma-separated worker counts (default: %(default)s)")
+    parser.add_argument("--jobs", default="1",
+                        help="with --search or --replay: comma-separated worker counts (default: %(default)s)")
     parser.add_argument("--pruner", choices=sorted(PRUNERS),
                         help="with --search: replace the space's pruner (none: every trial runs to the end)")
     parser.add_argument("--seed", type=int, default=0, help="with --search: sampler seed (default: %(default)s)")
@@ -112,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as e:
             parser.error(str(e))
         return profile(cfg, args.device, args.cache_dir)
-    if args.search:
+    if args.search or args.replay:
         try:
             jobs = [int(j) for j in args.jobs.split(",")]
         except ValueError:
@@ -121,10 +136,17 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--jobs {args.jobs!r}: each worker count at least 1, and each once (a repeated "
                          "count would resume the finished study)")
         try:
-            return search_throughput(args.search, args.dataset, args.trials or 8, jobs, args.pruner, args.seed,
-                                     args.device, args.cache_dir, args.json)
+            if args.replay:
+                rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
+                                         args.device, args.cache_dir, args.first, args.inductor_cache)
+            else:
+                rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, args.pruner, args.seed,
+                                         args.device, args.cache_dir, args.inductor_cache)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
+        print_search_rows(rows)
+        _write_json(args.json, rows)
+        return 0 if all(r["exit_code"] == 0 for r in rows) else 1
 
     try:
         runs = _ablation_runs(args.base, args.ablate, args.dataset) if args.base else \
@@ -271,51 +293,6 @@ def print_checkpoint_costs(rows: list[dict]) -> None:
             print(f"{r['run']:<34}{r['ckpt_saves']:>6}{r['ckpt_save_s']:>9.3f}{r['ckpt_mb']:>9.1f}"
                   f"{100 * r['ckpt_share_every_eval']:>12.2f}%{r['ckpt_default_saves']:>14}"
                   f"{r['ckpt_default_interval_s']:>9.1f}")
-
-
-def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
-                      device: str, cache_dir: str | None, json_path: str | None) -> int:
-    """One short search per worker count, each a fresh study in a scratch SQLite file: the
-    wall time, trials per hour and full-run equivalents per hour (trained steps / full steps)."""
-    from .search import SearchOptions, run_search
-    from .storage import StorageSettings
-    scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
-    rows = []
-    for n in jobs:
-        storage = f"sqlite:///{scratch / 'bench.db'}"
-        opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=f"bench-jobs{n}",
-                             dataset=dataset, device=device, jobs=n, seed=seed, pruner=pruner, cache_dir=cache_dir,
-                             artifacts=str(scratch / "artifacts"))
-        start = time.perf_counter()
-        code = run_search(opts)
-        rows.append(_search_row(n, storage, opts.study, time.perf_counter() - start, code))
-        print(json.dumps(rows[-1]), flush=True)
-    print(f"\n{'jobs':>4}{'finished':>9}{'pruned':>7}{'failed':>7}{'wall s':>9}{'trials/h':>10}"
-          f"{'full runs/h':>12}{'device s':>10}")
-    for r in rows:
-        print(f"{r['jobs']:>4}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}{r['wall_s']:>9.1f}"
-              f"{r['trials_per_hour']:>10.1f}{r['full_runs_per_hour']:>12.1f}{r['device_s']:>10.1f}")
-    print(f"(studies kept in {scratch / 'bench.db'})")
-    _write_json(json_path, rows)
-    return 0 if all(r["exit_code"] == 0 for r in rows) else 1
-
-
-def _search_row(jobs: int, storage: str, study_name: str, wall: float, code: int) -> dict:
-    import optuna
-    from optuna.trial import TrialState
-
-    from .compare import device_seconds
-    from .search.study import FINISHED
-    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
-    finished = [t for t in trials if t.state in FINISHED]
-    full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]
-                    for t in finished if t.user_attrs.get("max_steps"))
-    return {"jobs": jobs, "exit_code": code, "finished": len(finished),
-            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
-            "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall,
-            "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
-            "device_s": sum(device_seconds(t) for t in trials),
-            "gpu": gpu_name()}
 
 
 def profile(cfg: RunConfig, device: str, cache_dir: str | None) -> int:

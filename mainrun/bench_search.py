@@ -1,0 +1,173 @@
+"""The search benchmark: how long a whole search takes and where its device time goes.
+
+    python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 40 --jobs 3
+    python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/x.db --jobs 3
+
+`--search` runs a fresh search per --jobs value: the headline figure of a search, but each one
+samples its own trials (TPE's draws depend on timing with several workers). `--replay` is the
+controlled mode: it trains the configs of an existing study, in trial order and in full (no
+pruning), so two settings (a code change, a lever, a worker count) are compared on identical
+trials. Both print, per run: the wall time, the device-seconds (train + data preparation of every
+trial), the share of them spent in setup before step 1 (compilation, graph capture), trials and
+full-run equivalents per hour, and the best value.
+
+`--inductor-cache empty` runs with a fresh, empty torch.compile cache, as on a fresh GPU machine;
+the default uses the machine's cache as it is (warm after a first run).
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import optuna
+from optuna.trial import TrialState
+
+from .compare import device_seconds
+from .config import RunConfig
+from .errors import SearchError
+from .report import as_number
+from .search.run import WorkerPlacement
+from .search.study import FINISHED
+from .space import DATA_FIELDS
+from .storage import StorageSettings
+
+CACHE_CHOICES = ("as-is", "empty")
+
+
+@contextlib.contextmanager
+def inductor_cache(kind: str):
+    """`empty`: torch.compile's caches in a new temporary folder for the duration (spawned
+    workers inherit the variable); `as-is`: the machine's own."""
+    if kind == "as-is":
+        yield
+        return
+    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mainrun-inductor-")
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
+        else:
+            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
+
+
+def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
+                      device: str, cache_dir: str | None, cache: str = "as-is") -> list[dict]:
+    """One fresh search per worker count, each a study in a scratch SQLite file."""
+    from .search import SearchOptions, run_search
+    scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
+    rows = []
+    for n in jobs:
+        storage = f"sqlite:///{scratch / 'bench.db'}"
+        opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=f"bench-jobs{n}",
+                             dataset=dataset, device=device, jobs=n, seed=seed, pruner=pruner, cache_dir=cache_dir,
+                             artifacts=str(scratch / "artifacts"))
+        with inductor_cache(cache):
+            start = time.perf_counter()
+            code = run_search(opts)
+            wall = time.perf_counter() - start
+        rows.append(search_row(f"search jobs {n}", n, storage, opts.study, wall, code, cache))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"(studies kept in {scratch / 'bench.db'})")
+    return rows
+
+
+# ---------------------------------------------------------------------- the controlled mode
+@dataclass
+class ReplayPlacement(WorkerPlacement):
+    """The replay's workers: `jobs` of them on one device."""
+    device: str = "auto"
+    jobs: int = 1
+    storage: StorageSettings = field(default_factory=StorageSettings)
+    gpus: list[int] | None = None
+    jobs_per_gpu: int = 1
+    memory_budget_gib: float | None = None
+
+
+def replayed_configs(source_storage: str, source_study: str, first: int | None = None) -> list[tuple[int, dict]]:
+    """(trial number, config) of every trial of the study that recorded its config, in trial
+    order: the fixed list a controlled comparison trains."""
+    from .storage import open_study_readonly
+    study = open_study_readonly(source_storage, source_study)
+    configs = [(t.number, t.user_attrs["config"]) for t in study.get_trials(deepcopy=False)
+               if isinstance(t.user_attrs.get("config"), dict)]
+    if not configs:
+        raise SearchError(f"study '{source_study}' holds no trial with a recorded config to replay")
+    return configs[:first] if first else configs
+
+
+def replay_throughput(source_storage: str, source_study: str, dataset: str, jobs: list[int], device: str,
+                      cache_dir: str | None, first: int | None = None, cache: str = "as-is") -> list[dict]:
+    """Train the source study's configs (on `dataset`, in trial order, in full) once per worker
+    count, each in a fresh scratch study: the same trials under every setting."""
+    from .confirm.run import ConfirmObjective
+    from .data import prepare_data
+    from .search.workers import run_rounds
+    from .storage import open_storage
+
+    configs = [(n, {**cfg, "dataset": dataset}) for n, cfg in replayed_configs(source_storage, source_study, first)]
+    base = RunConfig.from_dict(configs[0][1], source=f"trial {configs[0][0]} of study '{source_study}'")
+    for number, cfg in configs:
+        if any(cfg.get(k, getattr(base, k)) != getattr(base, k) for k in DATA_FIELDS):
+            raise SearchError(f"trial {number} of study '{source_study}' prepares other data than trial "
+                              f"{configs[0][0]} ({', '.join(DATA_FIELDS)}); replay a study of one dataset")
+    data = prepare_data(base, cache_dir)
+    scratch = Path(tempfile.mkdtemp(prefix="mainrun-replay-"))
+    storage = f"sqlite:///{scratch / 'replay.db'}"
+    rows = []
+    for n in jobs:
+        where = ReplayPlacement(device=device, jobs=n, storage=StorageSettings(storage))
+        devices = where.worker_devices(where.uses_gpu())
+        study = optuna.create_study(study_name=f"replay-jobs{n}", storage=open_storage(where.storage),
+                                    direction="minimize")
+        for number, cfg in configs:
+            study.enqueue_trial({}, user_attrs={"config": cfg, "train_seed": cfg.get("train_seed"),
+                                                "replays": f"trial {number} of study '{source_study}'"})
+        objective = ConfirmObjective(base, data.titles_sha256, cache_dir)     # trains the config a trial carries
+        with inductor_cache(cache):
+            start = time.time()
+            contexts = where.worker_contexts(objective, study, len(configs), devices, scratch / "artifacts", start,
+                                             enqueued_only=True)
+            code = run_rounds(study, contexts, len(configs), print)
+            wall = time.time() - start
+        rows.append(search_row(f"replay jobs {n}", n, storage, study.study_name, wall, code, cache))
+        print(json.dumps(rows[-1]), flush=True)
+    print(f"(studies kept in {scratch / 'replay.db'})")
+    return rows
+
+
+# ---------------------------------------------------------------------- the figures
+def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float, code: int, cache: str) -> dict:
+    """What a search (or a replay) cost and found, from its trials."""
+    from .bench import gpu_name
+    trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
+    full_runs = sum(t.user_attrs.get("steps", 0) / t.user_attrs["max_steps"]
+                    for t in finished if t.user_attrs.get("max_steps"))
+    spent = sum(device_seconds(t) for t in trials)
+    setup = sum(as_number(t.user_attrs.get("setup_seconds")) for t in trials)
+    return {"run": name, "jobs": jobs, "storage": storage, "study": study_name, "exit_code": code,
+            "inductor_cache": cache, "finished": len(finished),
+            "pruned": sum(t.state == TrialState.PRUNED for t in trials),
+            "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall, "device_s": spent,
+            "setup_s": setup, "setup_share": setup / spent if spent else None,
+            "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
+            "best": min(complete) if complete else None, "gpu": gpu_name()}
+
+
+def print_search_rows(rows: list[dict]) -> None:
+    print(f"\n{'run':<16}{'cache':>7}{'finished':>9}{'pruned':>7}{'failed':>7}{'wall s':>9}{'device s':>10}"
+          f"{'setup %':>8}{'trials/h':>10}{'full runs/h':>12}{'best':>9}")
+    for r in rows:
+        share = "-" if r["setup_share"] is None else f"{100 * r['setup_share']:.1f}"
+        best = "-" if r["best"] is None else f"{r['best']:.4f}"
+        print(f"{r['run']:<16}{r['inductor_cache']:>7}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}"
+              f"{r['wall_s']:>9.1f}{r['device_s']:>10.1f}{share:>8}{r['trials_per_hour']:>10.1f}"
+              f"{r['full_runs_per_hour']:>12.1f}{best:>9}")
