@@ -41,7 +41,8 @@ from .model import GPT
 from .policy import PRUNERS
 from .search.workers import share_cores_politely
 from .storage import DEFAULT_STORAGE
-from .train import estimate_memory_bytes, resolve_device, steps_per_epoch, train
+from .memory import estimate_memory_bytes
+from .train import resolve_device, steps_per_epoch, train
 
 # Dense bf16 tensor-core peaks (datasheet, no sparsity), for the "fraction of peak" column.
 # The first name contained in the device name wins, so the PCIe and NVL parts come first.

@@ -56,7 +56,7 @@ SAVE_BYTES_PER_SECOND = 2**30     # a save's speed until the first one is timed:
 FORMAT = 1
 RUN_FILE = "checkpoint.pt"        # mainrun-train --checkpoint-dir DIR: DIR/checkpoint.pt
 # The modules that decide what a run computes: an edit of any of them makes old checkpoints unusable.
-RUN_MODULES = ("config.py", "data.py", "model.py", "train.py", "checkpoint.py")
+RUN_MODULES = ("config.py", "data.py", "model.py", "optim.py", "train.py", "checkpoint.py")
 
 
 class CheckpointError(MainrunError):
@@ -145,7 +145,7 @@ def atomic_save(state: dict[str, Any], path: Path) -> int:
 
 # ---------------------------------------------------------------------- the training loop's side
 def _optimizers(opt) -> tuple[torch.optim.Optimizer, ...]:
-    return getattr(opt, "optimizers", (opt,))          # train.Optimizers (muon + AdamW) or one optimizer
+    return getattr(opt, "optimizers", (opt,))          # optim.Optimizers (muon + AdamW) or one optimizer
 
 
 def _load_optimizer(opt: torch.optim.Optimizer, saved: dict) -> None:

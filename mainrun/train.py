@@ -22,7 +22,6 @@ With k = 1 (the default) a step is an update, as in Mainrun.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import os
@@ -42,6 +41,7 @@ from .config import RunConfig
 from .data import Data
 from .errors import DeviceError, ScoringError
 from .model import GPT
+from .optim import make_optimizer, set_lr
 
 # on_eval(eval_index, step, val_loss) -> True to stop the run early.
 EvalCallback = Callable[[int, int, float], "bool | None"]
@@ -184,141 +184,6 @@ def compile_model(model: GPT, mode: str) -> None:
     torch._dynamo.config.nested_graph_breaks = True
     for module in ([*model.blocks, model.loss] if mode == "regional" else [model]):
         module.compile()
-
-
-def make_optimizer(cfg: RunConfig, model: GPT, device: torch.device,
-                   capturable: bool = False) -> "torch.optim.Optimizer | Optimizers":
-    """Fused kernels: one launch for the whole update. The learning rate lives in a device
-    tensor, so a captured step reads the current value and setting it never syncs.
-    muon: torch's Muon on the blocks' weight matrices with its AdamW-matching lr scale, so
-    that one lr and weight decay serve both halves; AdamW on everything else."""
-    groups = param_groups(cfg, model)
-    lr = torch.tensor(cfg.lr, device=device)
-    if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                               weight_decay=cfg.weight_decay, fused=True)
-    if cfg.optimizer == "adamw":
-        return _adamw(cfg, groups, lr, capturable)
-    hidden = {id(m.weight) for m in model.blocks.modules() if isinstance(m, torch.nn.Linear)}
-    matrices = [p for g in groups for p in g["params"] if id(p) in hidden]
-    rest = [{**g, "params": [p for p in g["params"] if id(p) not in hidden]} for g in groups]
-    # Muon reads its lr as a Python number (a tensor lr would sync every step)
-    muon = torch.optim.Muon(matrices, lr=cfg.lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
-                            adjust_lr_fn="match_rms_adamw")
-    return Optimizers(muon, _adamw(cfg, [g for g in rest if g["params"]], lr, capturable))
-
-
-def _adamw(cfg: RunConfig, groups: list[dict], lr: torch.Tensor, capturable: bool) -> torch.optim.AdamW:
-    return torch.optim.AdamW(groups, lr=lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
-                             weight_decay=cfg.weight_decay, fused=True, capturable=capturable)
-
-
-class Optimizers:
-    """Several optimizers over disjoint parameters, stepped as one."""
-
-    def __init__(self, *optimizers: torch.optim.Optimizer):
-        self.optimizers = optimizers
-
-    @property
-    def param_groups(self) -> list[dict]:
-        return [g for opt in self.optimizers for g in opt.param_groups]
-
-    def step(self) -> None:
-        for opt in self.optimizers:
-            opt.step()
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        for opt in self.optimizers:
-            opt.zero_grad(set_to_none=set_to_none)
-
-
-def param_groups(cfg: RunConfig, model: torch.nn.Module) -> list[dict]:
-    """One group (the baseline decays everything), or with decay_all false: weight decay on
-    the matrices of Linear layers only, none on norms, biases and embeddings."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    if cfg.decay_all:
-        return [{"params": params}]
-    # the matrices of Linear layers, less the embedding (a tied head shares it)
-    decayed = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)} - {id(model.token_emb.weight)}
-    decay = [p for p in params if id(p) in decayed]
-    rest = [p for p in params if id(p) not in decayed]
-    return [{"params": decay}, {"params": rest, "weight_decay": 0.0}]
-
-
-# ---------------------------------------------------------------------- memory
-GIB = 2**30
-CUDA_OVERHEAD_BYTES = GIB      # CUDA context, cuBLAS workspaces and allocator slack, per process
-
-
-def estimate_memory_bytes(cfg: RunConfig, vocab_size: int, device: torch.device) -> int:
-    """The peak device memory of a training run, from its config alone, before anything is
-    allocated: weights, grads and optimizer state; what autograd saves per token and layer;
-    the logits and their fp32 loss; the scoring window's own pool. Deliberately on the high
-    side: it is used to refuse a trial that cannot fit, and `python -m mainrun.bench` prints
-    it beside the measured peak. Everything per token is per micro-batch (batch_size): gradient
-    accumulation keeps one micro-batch's activations at a time and adds no memory of its own."""
-    n_params, hidden = model_shape(cfg, vocab_size)
-    bf16 = resolve_precision(cfg, device) == "bf16"
-    act = 2 if bf16 else 4                             # bytes per activation element
-    state = {"adamw": 8, "muon": 8, "sgd": 4 if cfg.momentum > 0 else 0}[cfg.optimizer]
-    per_param = 4 + 4 + state + (2 if bf16 else 0)     # weight, grad, state, saved bf16 cast
-    d = cfg.d_model
-    mlp_saved = (6 if cfg.mlp == "swiglu" else 3) * hidden
-    attn_saved = (6 + (2 if cfg.pos_emb == "rope" else 0)) * d
-    # Under bf16 autocast two things keep fp32 copies (measured on an H100 against
-    # max_memory_allocated): QK-norm's RMSNorm, whose fp32 weight sends bf16 q and k to the
-    # unfused path, and relu2's square(), which autocast runs in fp32.
-    qk_norm = (16 if bf16 else 8) * d if cfg.qk_norm else 0
-    relu2_copy = 4 * hidden if bf16 and cfg.mlp == "relu2" else 0
-    # per token and layer (bytes): the fp32 residual stream at both norms, the block's
-    # intermediates, the dropout masks
-    per_token_layer = (8 * d + act * (attn_saved + mlp_saved) + qk_norm + relu2_copy
-                       + (2 * d if cfg.dropout > 0 else 0))
-    train_tokens = cfg.batch_size * cfg.block_size
-    logits = train_tokens * vocab_size * (2 * act + 8)   # logits and their grad, fp32 copy and log-softmax
-    scoring = cfg.eval_batch_size * cfg.eval_block_size * vocab_size * (act + 8)
-    overhead = CUDA_OVERHEAD_BYTES if device.type == "cuda" else 0
-    # Attention dropout: CUDA's fused kernels apply it inside the kernel; elsewhere SDPA's math
-    # path keeps the (B, heads, T, T) probabilities, their dropout mask and the dropped copy.
-    attn_probs = (cfg.batch_size * cfg.n_head * cfg.block_size ** 2 * (2 * act + 1 + 4)
-                  if cfg.dropout > 0 and device.type != "cuda" else 0)
-    return (n_params * per_param + cfg.n_layer * (train_tokens * per_token_layer + attn_probs)
-            + logits + scoring + overhead)
-
-
-# Fields that cannot change a model's parameter shapes: configs differing only in these (and in
-# depth) share one meta-device build in model_shape (a search's dry run sizes thousands of corners).
-NOT_SHAPE = ("dataset", "num_titles", "val_frac", "seed", "train_seed", "dropout", "init", "residual_init",
-             "grad_accum_steps", "epochs", "optimizer", "lr", "weight_decay", "decay_all", "momentum", "nesterov",
-             "muon_momentum", "beta1", "beta2", "eps", "schedule", "warmup_steps", "min_lr_frac", "decay_frac",
-             "grad_clip", "precision", "cuda_graph", "compile", "evals_per_epoch", "mainrun_rules")
-
-
-def model_shape(cfg: RunConfig, vocab_size: int) -> tuple[int, int]:
-    """(parameter count, MLP hidden width) of the model `cfg` builds, from a one-block build on
-    the meta device: shapes only, nothing is allocated. The blocks are identical, so the count
-    is linear in depth (a meta build costs ~50 ms, mostly weight init, and a dry run sizes
-    hundreds of shapes)."""
-    shape = tuple((k, v) for k, v in cfg.to_dict().items() if k not in NOT_SHAPE and k != "n_layer")
-    outside, per_block, hidden = _one_block_shape(vocab_size, shape)
-    return outside + cfg.n_layer * per_block, hidden
-
-
-@functools.lru_cache(maxsize=1024)
-def _one_block_shape(vocab_size: int, shape: tuple) -> tuple[int, int, int]:
-    """(params outside the blocks, params per block, MLP hidden width)."""
-    with torch.device("meta"):
-        model = GPT(RunConfig.from_dict({**dict(shape), "n_layer": 1, "mainrun_rules": False}), vocab_size)
-    per_block = sum(p.numel() for p in model.blocks[0].parameters())
-    return model.num_params() - per_block, per_block, model.blocks[0].mlp.up.out_features
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float) -> None:
-    for group in opt.param_groups:
-        if isinstance(group["lr"], torch.Tensor):
-            group["lr"].fill_(lr)
-        else:
-            group["lr"] = lr
 
 
 def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:

@@ -686,7 +686,7 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
     import torch
 
     from mainrun.config import PRESETS, RunConfig
-    from mainrun.train import estimate_memory_bytes
+    from mainrun.memory import estimate_memory_bytes
     proc = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", "--memory-budget", "9",
                   space=SPACES / "arch.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr

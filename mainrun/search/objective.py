@@ -177,7 +177,7 @@ class TrialRunner:
         return result.val_loss
 
     def _refuse_if_too_big(self, trial: optuna.Trial, cfg: RunConfig) -> None:
-        from ..train import estimate_memory_bytes
+        from ..memory import estimate_memory_bytes
         need = estimate_memory_bytes(cfg, self.data.vocab_size, self.device)
         trial.set_user_attr("memory_estimate_mb", round(need / 2**20))
         if self.budget is not None and need > self.budget[0]:

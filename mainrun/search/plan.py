@@ -25,7 +25,7 @@ def plan_search(opts: SearchOptions, echo: Echo = say) -> int:
     peak memory (by estimate) of each enqueued config and of the largest corner of the space."""
     import torch
 
-    from ..train import estimate_memory_bytes, model_shape
+    from ..memory import estimate_memory_bytes, model_shape
     from .objective import memory_budget
 
     space = load_space(opts.space, opts.sampler, opts.pruner)
