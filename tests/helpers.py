@@ -1,7 +1,9 @@
 """Helpers shared by the tests: generated titles, the tiny config, the CLI entry points."""
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import sys
 from pathlib import Path
 
@@ -28,3 +30,12 @@ def make_titles(n: int, seed: int = 0) -> list[str]:
 def cli(name: str, *args: str) -> list[str]:
     """argv for an installed entry point (mainrun-train, mainrun-search, mainrun-export)."""
     return [str(Path(sys.executable).parent / name), *args]
+
+
+def bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
+    """`python -m mainrun.bench ARGS --json ROWS` in tmp_path: (its rows, its stdout); it must exit 0."""
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", *args, "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return json.loads(out.read_text()), proc.stdout

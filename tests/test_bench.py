@@ -9,17 +9,9 @@ import sys
 import pytest
 import yaml
 
-from helpers import SPACES, TINY
+from helpers import SPACES, TINY, bench
 from mainrun.bench import _preset_config
 from mainrun.config import PRESETS, ConfigError
-
-
-def bench(tmp_path, *args: str) -> tuple[list[dict], str]:
-    out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", *args, "--json", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text()), proc.stdout
 
 
 def test_ablation_rows_carry_timings_and_the_memory_estimate(tmp_path, titles_file):

@@ -2,7 +2,6 @@
 back from their studies. Nothing here asserts a time; the benchmark is for the GPU."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,15 +10,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from helpers import SPACES, TINY, cli
-
-
-def bench(tmp_path, *args: str) -> tuple[list[dict], str]:
-    out = tmp_path / "rows.json"
-    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", *args, "--json", str(out)],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    return json.loads(out.read_text()), proc.stdout
+from helpers import SPACES, TINY, bench, cli
 
 
 def test_search_rows_give_the_headline_figures(tmp_path, titles_file):
