@@ -12,6 +12,7 @@ import sys
 IMPORT_EVERY_MODULE = """
 import importlib, logging, os, pkgutil, signal, warnings
 import numpy, optuna, torch, yaml
+import torch._dynamo      # model.py marks attention uncompiled (torch.compiler.disable), which loads dynamo and sympy
 import mainrun
 
 def state():
