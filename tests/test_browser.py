@@ -22,8 +22,10 @@ from helpers import ROOT, cli
 from test_report import PNG_MAGIC, STUDY, report, smoke_study
 
 VIRTUAL_TIME_MS = 15000
-# the plot divs of a report page (plot-importance only with enough complete trials)
-REPORT_PLOTS = ("plot-history", "plot-intermediate", "plot-importance", "plot-parallel")
+# the plot divs of a report page in page order (plot-importance only with enough complete trials,
+# plot-confirmed only when the study has a confirmation)
+REPORT_PLOTS = ("plot-history", "plot-intermediate", "plot-curves", "plot-importance", "plot-parallel",
+                "plot-confirmed")
 
 
 def chromium() -> str:
@@ -149,7 +151,7 @@ def test_report_renders_offline_in_chromium(tmp_path_factory, tmp_path, artifact
     index = out / "index.html"
     source = index.read_text(encoding="utf-8")
     plots = [p for p in REPORT_PLOTS if f'id="{p}"' in source]
-    assert {"plot-history", "plot-intermediate", "plot-parallel"} <= set(plots)
+    assert {"plot-history", "plot-intermediate", "plot-curves", "plot-parallel"} <= set(plots)
 
     dom, netlog = browse(index.as_uri(), tmp_path, "report", offline=True)
     assert page_requests(netlog) == []                                     # nothing fetched, not even tried
@@ -161,7 +163,7 @@ def test_report_renders_offline_in_chromium(tmp_path_factory, tmp_path, artifact
         assert "js-plotly-plot" in opening, (plot, opening)                # plotly.js took the div
         assert 'class="main-svg"' in part and 'class="trace ' in part, plot  # and drew traces into it
     legend = set(re.findall(r'class="legendtext"[^>]*data-unformatted="([^"]*)"',
-                            section(dom, "plot-intermediate", ('id="plot-importance"', 'id="plot-parallel"'))))
+                            section(dom, "plot-intermediate", ('id="plot-curves"',))))
     assert "pruned trials" in legend and "complete trials" in legend, legend
     assert any(name.startswith(("best (trial", "best = baseline")) for name in legend), legend
     assert any(name.startswith("baseline (trial 0)") for name in legend) or \

@@ -259,11 +259,17 @@ def test_optuna_dashboard_serves_the_study(smoke_study):
         trial = next(t for t in detail["trials"] if t["state"] == "Complete")
         assert len(trial["intermediate_values"]) >= 20
         assert {a["filename"] for a in trial["artifacts"]} == {f"trial-{trial['number']}-config.yaml",
+                                                               f"trial-{trial['number']}-curves.png",
                                                                f"trial-{trial['number']}.jsonl"}
         artifact = trial["artifacts"][0]
         with urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
                                     f"{artifact['artifact_id']}", timeout=10) as r:
             assert r.status == 200 and r.read()
+        # the curves' PNG is served as an image, which the dashboard previews
+        png = next(a for a in trial["artifacts"] if a["filename"].endswith("-curves.png"))
+        with urllib.request.urlopen(f"{base}/artifacts/{summary['study_id']}/{trial['trial_id']}/"
+                                    f"{png['artifact_id']}", timeout=10) as r:
+            assert r.headers["Content-Type"] == "image/png" and r.read(8) == b"\x89PNG\r\n\x1a\n"
     finally:
         dash.terminate()
         dash.wait(timeout=30)
