@@ -146,6 +146,16 @@ def _positive(text: str) -> int:
     return value
 
 
+def _positive_or_all(text: str) -> int | None:
+    """A positive count, or 'all' (None)."""
+    if text == "all":
+        return None
+    try:
+        return _positive(text)
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'all'; got {text!r}") from None
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -264,9 +274,12 @@ def confirm_main(argv: list[str] | None = None) -> int:
                     "references and the runner-up (paired t-test). Re-running the same command runs only what "
                     "is missing.")
     parser.add_argument("--study", required=True, help="the search study to confirm")
-    parser.add_argument("--top", type=_positive, default=3,
+    parser.add_argument("--top", type=_positive_or_all, default=3,
                         help="confirm the K best complete trials with distinct configs (default: %(default)s), "
-                             "plus the references")
+                             "plus the references; all: every complete config (an ablation study)")
+    parser.add_argument("--against", metavar="NAME",
+                        help="an ablation: compare every config with this one (its enqueue label, or 'trial N'), "
+                             "seed by seed, in a table of changes with their 95%% CIs")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=_positive, metavar="N",
                        help="extra train seeds 1..N for every config (default: 3); the official seed (1337) is "
@@ -286,7 +299,7 @@ def confirm_main(argv: list[str] | None = None) -> int:
 
     opts = ConfirmOptions(
         study=args.study, storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), top=args.top,
-        seeds=args.seeds, seed_list=args.seed_list, dataset=args.dataset, device=args.device, jobs=args.jobs,
+        against=args.against, seeds=args.seeds, seed_list=args.seed_list, dataset=args.dataset, device=args.device, jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, cache_dir=args.cache_dir, artifacts=args.artifacts,
         memory_budget_gib=args.memory_budget)
     try:

@@ -525,13 +525,15 @@ def _check_all_runnable(space: SearchSpace, base: RunConfig, err) -> None:
 
 def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[tuple[str, dict[str, Any]]]:
     """Each entry is a preset name or a mapping of param values (a preset may be named with
-    'preset:' and overridden). Every entry must be a point of this space, so the trial that
-    runs is exactly the one asked for."""
+    'preset:' and overridden, an earlier entry with 'like:', which is how an ablation spells its
+    variants: the base once, then each variant as its change). Every entry must be a point of
+    this space, so the trial that runs is exactly the one asked for."""
     if raw is None:
         return []
     if not isinstance(raw, list):
         raise err("enqueue", "must be a list of preset names or mappings of parameter values")
     entries = []
+    wanted_by_label: dict[str, dict[str, Any]] = {}      # for 'like:'
     for i, item in enumerate(raw):
         key = f"enqueue[{i}]"
         if isinstance(item, str):
@@ -545,10 +547,16 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
         label = item.pop("label", None)
         if label is not None and not isinstance(label, str):
             raise err(f"{key}.label", "must be a string")
+        like = item.pop("like", None)
+        if like is not None and preset is not None:
+            raise err(key, "give preset or like, not both")
+        if like is not None and like not in wanted_by_label:
+            raise err(f"{key}.like", f"{like!r} is not the label of an earlier entry; earlier: "
+                      + (", ".join(wanted_by_label) or "none"))
         label = label or preset or f"enqueue[{i}]"
+        start = wanted_by_label[like] if like is not None else {**space.fixed, **PRESETS.get(preset, {})}
         try:
-            wanted = RunConfig.from_dict({**space.fixed, **PRESETS.get(preset, {}),
-                                          **{k: v for k, v in item.items() if k not in VIRTUAL}},
+            wanted = RunConfig.from_dict({**start, **{k: v for k, v in item.items() if k not in VIRTUAL}},
                                          base=base, source="").to_dict()
         except ConfigError as e:
             raise err(key, str(e).lstrip(": ")) from None
@@ -579,4 +587,5 @@ def _parse_enqueue(raw: Any, space: SearchSpace, base: RunConfig, err) -> list[t
         if same:   # it would run twice, or be skipped and miscounted
             raise err(key, f"{label} is the same trial as enqueue[{same[0]}]; drop one of them")
         entries.append((label, optuna_params))
+        wanted_by_label[label] = wanted
     return entries

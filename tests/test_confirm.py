@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 
 from helpers import ROOT, SPACES, TINY, cli, make_titles
 from mainrun.config import PRESETS, RunConfig
+from mainrun.errors import SearchError
 
 T_975_3 = 3.182446305284263     # the 97.5% quantile of Student's t with 3 degrees of freedom (tables)
 T_975_2 = 4.302652729911275     # ... with 2
@@ -125,13 +126,50 @@ def test_confirmation_ranks_by_mean_and_compares_the_best_with_references_and_ru
     assert best.official == 1.020 and best.values == {1337: 1.020, 1: 1.030, 2: 1.022, 3: 1.040}
     assert best.spread.mean == pytest.approx((1.020 + 1.030 + 1.022 + 1.040) / 4)
     # trial 0 is neither a reference nor the runner-up: not compared
-    assert [(cmp.other.name, cmp.why) for cmp in c.comparisons] == [("report-003", "reference and runner-up")]
+    assert [(cmp.b.name, cmp.why) for cmp in c.comparisons] == [("report-003", "reference and runner-up")]
     cmp = c.comparisons[0]
     assert cmp.seeds == [1, 2, 3, 1337]
     independent = paired([1.030, 1.022, 1.040, 1.020], [1.061, 1.055, 1.066, 1.050])
     assert (cmp.result.diff, cmp.result.ci) == (pytest.approx(independent.diff), pytest.approx(independent.ci))
     assert cmp.verdict.startswith("trial 1 beats report-003 by 0.0300 (95% CI ")
     assert lucky.winners_curse and not best.winners_curse and not ref.winners_curse
+
+
+def test_against_a_base_compares_every_other_config_with_it_seed_by_seed(lucky_study):
+    """An ablation's table: each config minus the base (report-003 here), paired, with its CI."""
+    from mainrun.confirm.companion import read_companion
+    from mainrun.confirm.console import confirmation_lines
+    from mainrun.confirm.results import read_confirmation
+    from mainrun.confirm.stats import paired
+    url, study = lucky_study
+    c = read_confirmation(study, read_companion(study), against="report-003")
+    assert [(cmp.a.name, cmp.b.name, cmp.why) for cmp in c.comparisons] == [
+        ("trial 1", "report-003", "against report-003"), ("trial 0", "report-003", "against report-003")]
+    base = [1.050, 1.061, 1.055, 1.066]                                  # seeds 1337, 1, 2, 3
+    for cmp, values in zip(c.comparisons, ([1.020, 1.030, 1.022, 1.040], [1.000, 1.100, 1.110, 1.120])):
+        change, ci = cmp.change
+        independent = paired(base, values)                               # diff = mean(values - base)
+        assert change == pytest.approx(independent.diff) and ci == pytest.approx(independent.ci)
+    lines = confirmation_lines(c)
+    start = lines.index(next(line for line in lines if line.startswith("against report-003")))
+    better, mixed = lines[start + 2], lines[start + 3]
+    assert better.split()[:3] == ["trial", "1", "-0.0300"] and better.endswith("better")
+    # trial 0: better on its official seed, worse on the other three; the CI holds 0
+    assert mixed.split()[:3] == ["trial", "0", f"{(1.000 + 1.100 + 1.110 + 1.120 - sum(base)) / 4:+.4f}"]
+    assert mixed.endswith("not distinguishable")
+    assert not any(line.startswith("verdicts") for line in lines)        # the table replaces them
+    with pytest.raises(SearchError, match="--against trial 3: no config of that name .* trial 1, report-003, trial 0"):
+        read_confirmation(study, read_companion(study), against="trial 3")
+
+
+def test_top_all_takes_every_complete_config(lucky_study, capsys):
+    from mainrun.cli import confirm_main
+    url, _ = lucky_study
+    assert confirm_main(["--study", "lucky", "--storage", url, "--top", "all", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split()[0] for line in out.splitlines()[2:6]]
+    assert rows == ["0", "1", "2", "3"] and "fewer than" not in out
+    assert "train seeds 1, 2, 3: 12 runs, 9 settled in 'lucky-confirm', 3 to run" in out
 
 
 def test_export_confirmed_takes_the_best_mean_and_says_its_seeds(lucky_study, tmp_path, capsys):
@@ -190,7 +228,10 @@ def test_the_edges_named_are_those_of_the_best_by_mean_not_of_the_best_run(lucky
     (["--seeds", "2", "--seed-list", "3,4"], "not allowed with argument"),
     (["--dataset", "OTHER"], "its titles are not those study 'lucky' was searched on"),
     (["--study", "lucky-confirm"], "holds a confirmation's runs"),
-], ids=["unknown-study", "seeds-0", "top-0", "repeated-seed", "official-seed", "both", "other-titles", "companion"])
+    (["--top", "many"], "--top: expected a positive integer or 'all'"),
+    (["--against", "nope"], "--against nope: not among the configs to confirm (trial 0)"),
+], ids=["unknown-study", "seeds-0", "top-0", "repeated-seed", "official-seed", "both", "other-titles", "companion",
+        "top-word", "against-unknown"])
 def test_bad_input_exits_2_and_creates_nothing(tmp_path, titles_file, capsys, argv, message):
     from mainrun.cli import confirm_main
     url = f"sqlite:///{tmp_path / 'c.db'}"
@@ -374,3 +415,36 @@ def test_the_standin_space_enqueues_exactly_the_four_configs():
     assert without_dataset(configs["no-qk-norm"]) == {**same, "qk_norm": False}
     for preset in ("report-003", "report-000"):
         assert configs[preset] == RunConfig.from_dict(PRESETS[preset], base=RunConfig(compile="none")).to_dict()
+
+
+def test_the_ablation_space_enqueues_the_best_and_one_change_of_it_each():
+    """search_spaces/ablate-best.yaml: 'best' is the checked-in best as it ran (eager), each
+    variant differs from it in the fields its label names (batch and context also move the lr or
+    the warmup, as the file says), and report-003 is the preset."""
+    from mainrun.space import load_space
+    space = load_space(str(SPACES / "ablate-best.yaml"))
+    base = RunConfig.from_dict(space.fixed)
+    configs = {label: space.suggest(optuna.trial.FixedTrial(params), base).to_dict() for label, params in space.enqueue}
+    best = {k: v for k, v in RunConfig.from_yaml(ROOT / "studies" / "best-standin.yaml").to_dict().items()
+            if k != "dataset"}
+
+    def changes(label):
+        return {k: v for k, v in configs[label].items() if k != "dataset" and v != best[k]}
+    lr = best["lr"]
+    assert changes("best") == {}
+    assert {label: changes(label) for label in configs if label not in ("best", "report-003")} == {
+        "muon": {"optimizer": "muon"},
+        "muon-2x-lr": {"optimizer": "muon", "lr": pytest.approx(2 * lr)},
+        "wsd": {"schedule": "wsd"},
+        "min-lr-0.1": {"min_lr_frac": 0.1},
+        "residual-scaled": {"residual_init": "scaled"},
+        "residual-zero": {"residual_init": "zero"},
+        "kaiming": {"init": "kaiming"},
+        "batch-32": {"batch_size": 32, "lr": pytest.approx(lr / math.sqrt(2)), "warmup_steps": 1000},
+        "batch-128": {"batch_size": 128, "lr": pytest.approx(lr * math.sqrt(2)), "warmup_steps": 250},
+        "block-64": {"block_size": 64, "warmup_steps": 1000},
+        "block-256": {"block_size": 256, "warmup_steps": 250},
+        "no-qk-norm": {"qk_norm": False},
+        "untied": {"tie_embeddings": False},
+    }
+    assert configs["report-003"] == RunConfig.from_dict(PRESETS["report-003"], base=RunConfig(compile="none")).to_dict()

@@ -388,6 +388,32 @@ def test_duplicate_enqueue_entries_are_refused(enqueue):
         parse({"params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}}, "enqueue": enqueue})
 
 
+LIKE = {"fixed": {"optimizer": "adamw", "schedule": "warmup_cosine"},
+        "params": {"lr": {"low": 1e-4, "high": 1e-2, "log": True}, "warmup_steps": {"values": [100, 200]},
+                   "qk_norm": {"choices": [False, True]}}}
+
+
+def test_an_entry_like_an_earlier_one_copies_its_config_and_changes_what_it_names():
+    space = parse({**LIKE, "enqueue": [{"label": "base", "lr": 2e-3, "warmup_steps": 200, "qk_norm": True},
+                                       {"label": "no-qk", "like": "base", "qk_norm": False},
+                                       {"label": "slow", "like": "no-qk", "lr": 1e-3}]})
+    base = RunConfig.from_dict(space.fixed)
+    configs = {label: space.suggest(optuna.trial.FixedTrial(params), base) for label, params in space.enqueue}
+    assert (configs["base"].lr, configs["base"].warmup_steps, configs["base"].qk_norm) == (2e-3, 200, True)
+    assert (configs["no-qk"].lr, configs["no-qk"].warmup_steps, configs["no-qk"].qk_norm) == (2e-3, 200, False)
+    assert (configs["slow"].lr, configs["slow"].warmup_steps, configs["slow"].qk_norm) == (1e-3, 200, False)
+
+
+@pytest.mark.parametrize("second, where, message", [
+    ({"like": "nope", "lr": 1e-3}, r"enqueue\[1\].like", "not the label of an earlier entry; earlier: base"),
+    ({"like": "base", "preset": "report-000"}, r"enqueue\[1\]", "preset or like, not both"),
+    ({"like": "base", "label": "same"}, r"enqueue\[1\]", r"same trial as enqueue\[0\]"),
+])
+def test_a_like_that_cannot_be_followed_is_refused(second, where, message):
+    with pytest.raises(SpaceError, match=rf"'{where}'.*{message}"):
+        parse({**LIKE, "enqueue": [{"label": "base", "lr": 2e-3, "warmup_steps": 200, "qk_norm": True}, second]})
+
+
 # ---------------------------------------------------------------------- bad files through the CLI
 BAD_FILES = {
     "malformed": "params: {lr: [low: 1\n",

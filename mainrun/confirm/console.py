@@ -55,12 +55,35 @@ def confirmation_lines(c: Confirmation) -> list[str]:
         for seed, why in sorted(x.missing.items()):
             notes.append(f"{x.name}: seed {seed} has no value ({why})")
     lines += [f"  {n}" for n in notes]
-    if c.comparisons:
+    if c.against:
+        lines += ablation_lines(c)
+    elif c.comparisons:
         lines.append("verdicts (paired t-test over the seeds both configs have):")
         lines += [f"  {cmp.verdict} [{cmp.why}]" for cmp in c.comparisons]
     for x in c.configs:
         if x.winners_curse:
             lines.append(winners_curse_text(x))
+    return lines
+
+
+def ablation_lines(c: Confirmation) -> list[str]:
+    """--against BASE: each config's change of the loss against the base, seed by seed (paired
+    t-test), in the table's order; a change whose CI excludes 0 is called better or worse."""
+    width = max([len("config")] + [len(cmp.a.name) for cmp in c.comparisons])
+    lines = [f"against {c.against} (config minus {c.against}, paired over the seeds both have; negative is better):",
+             f"  {'config':<{width}}  {'change':>8}  {f'{LEVEL:.0%} CI':<18}  {'p':>7}  seeds  verdict"]
+    for cmp in c.comparisons:
+        change, ci = cmp.change
+        r = cmp.result
+        if ci is None:
+            word = r.why_no_ci
+        elif r.decided:
+            word = "better" if change < 0 else "worse"
+        else:
+            word = "not distinguishable"
+        ci_text = f"{ci[0]:+.4f} to {ci[1]:+.4f}" if ci else "–"
+        p = f"{r.p:.2g}" if r.p is not None else "–"
+        lines.append(f"  {cmp.a.name:<{width}}  {change:>+8.4f}  {ci_text:<18}  {p:>7}  {r.n:>5}  {word}")
     return lines
 
 

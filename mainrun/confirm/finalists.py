@@ -54,10 +54,11 @@ class Finalist:
         return own if self.name == own else f"{self.name} ({own})"
 
 
-def select_finalists(study: optuna.Study, top: int) -> tuple[list[Finalist], list[str]]:
-    """The `top` best complete trials with distinct configs, then the complete reference trials
-    not among them; and notes on what is short (fewer trials than `top`, references that did
-    not complete). A config run twice (a duplicate suggestion) counts once, as its first run."""
+def select_finalists(study: optuna.Study, top: int | None) -> tuple[list[Finalist], list[str]]:
+    """The `top` best complete trials with distinct configs (None: all of them, as an ablation
+    study wants), then the complete reference trials not among them; and notes on what is short
+    (fewer trials than `top`, references that did not complete). A config run twice (a duplicate
+    suggestion) counts once, as its first run."""
     complete = sorted((t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
                        if "config" in t.user_attrs), key=lambda t: (t.value, t.number))
     if not complete:
@@ -65,11 +66,11 @@ def select_finalists(study: optuna.Study, top: int) -> tuple[list[Finalist], lis
                           "nothing to confirm yet")
     chosen: dict[str, Finalist] = {}
     for t in complete:
-        if len(chosen) == top:
+        if top is not None and len(chosen) == top:
             break
         chosen.setdefault(config_key(t.user_attrs["config"]), Finalist(t, _name(t), _name(t) in REFERENCES))
     notes = []
-    if len(chosen) < top:
+    if top is not None and len(chosen) < top:
         notes.append(f"study '{study.study_name}' has {len(chosen)} complete trial(s) with distinct configs, "
                      f"fewer than --top {top}: confirming those")
     enqueued = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued_as") in REFERENCES]

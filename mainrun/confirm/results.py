@@ -1,7 +1,7 @@
 """A confirmation as its readers want it (the table of mainrun-confirm, the report's Confirmed
 section, mainrun-export --confirmed): every config of the companion study with its value on each
 train seed (the search's own run is its official seed), ranked by mean, and the verdicts of the
-best against the references and the runner-up.
+best against the references and the runner-up, or of every config against an ablation's base.
 """
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..errors import SearchError
 from .companion import pair_of
 from .finalists import REFERENCES, Finalist, config_key, official_seed
 from .stats import Paired, Spread, paired, spread, verdict, winners_curse
@@ -49,15 +50,22 @@ class Confirmed:
 
 @dataclass
 class Comparison:
-    best: Confirmed
-    other: Confirmed
-    why: str                       # "reference", "runner-up" or both
+    """`a` against `b` on the seeds both have (result.diff > 0: a is better)."""
+    a: Confirmed
+    b: Confirmed
+    why: str                       # "reference", "runner-up", both, or "against BASE"
     result: Paired
     seeds: list[int]
 
     @property
     def verdict(self) -> str:
-        return verdict(self.best.name, self.other.name, self.result)
+        return verdict(self.a.name, self.b.name, self.result)
+
+    @property
+    def change(self) -> tuple[float, tuple[float, float] | None]:
+        """a's mean loss minus b's over the shared seeds, and its CI: negative is better for a."""
+        ci = self.result.ci
+        return -self.result.diff, (-ci[1], -ci[0]) if ci else None
 
 
 @dataclass
@@ -66,6 +74,7 @@ class Confirmation:
     companion: str
     configs: list[Confirmed]       # ranked by mean, best first
     comparisons: list[Comparison]
+    against: str | None = None     # an ablation: every config compared with this one, not the best with a few
 
     @property
     def seeds(self) -> list[int]:
@@ -78,9 +87,11 @@ class Confirmation:
         return self.configs[0] if self.configs else None
 
 
-def read_confirmation(search: optuna.Study, companion: optuna.Study) -> Confirmation:
+def read_confirmation(search: optuna.Study, companion: optuna.Study, against: str | None = None) -> Confirmation:
     """The confirmation of `search` that `companion` holds. A config's runs are grouped by its
-    config (not the trial number: a config rerun under another number is the same config)."""
+    config (not the trial number: a config rerun under another number is the same config).
+    `against` names a config (an ablation's base): then every other config is compared with it;
+    otherwise the best is compared with the references and the runner-up."""
     by_number = {t.number: t for t in search.get_trials(deepcopy=False)}
     complete = sorted((t for t in by_number.values() if t.state == TrialState.COMPLETE and "config" in t.user_attrs),
                       key=lambda t: (t.value, t.number))
@@ -102,7 +113,14 @@ def read_confirmation(search: optuna.Study, companion: optuna.Study) -> Confirma
     ranked = sorted(configs.values(), key=lambda c: (c.spread.mean, c.finalist.trial.number))
     for i, c in enumerate(ranked):
         c.rank = i + 1
-    return Confirmation(search.study_name, companion.study_name, ranked, _comparisons(ranked))
+    if against is None:
+        return Confirmation(search.study_name, companion.study_name, ranked, _comparisons(ranked))
+    base = next((c for c in ranked if c.name == against), None)
+    if base is None:
+        raise SearchError(f"--against {against}: no config of that name in '{companion.study_name}'; its configs: "
+                          + ", ".join(c.name for c in ranked))
+    return Confirmation(search.study_name, companion.study_name, ranked,
+                        [_compare(c, base, f"against {against}") for c in ranked if c is not base], against)
 
 
 def _source(run: FrozenTrial, key: str, by_number: dict[int, FrozenTrial], complete: list[FrozenTrial]
@@ -140,11 +158,9 @@ def _comparisons(ranked: list[Confirmed]) -> list[Comparison]:
             why[c.name] = "reference"
     runner_up = others[0]
     why[runner_up.name] = "reference and runner-up" if runner_up.name in why else "runner-up"
-    comparisons = []
-    for c in others:
-        if c.name not in why:
-            continue
-        shared = sorted(set(best.values) & set(c.values))
-        result = paired([best.values[s] for s in shared], [c.values[s] for s in shared])
-        comparisons.append(Comparison(best, c, why[c.name], result, shared))
-    return comparisons
+    return [_compare(best, c, why[c.name]) for c in others if c.name in why]
+
+
+def _compare(a: Confirmed, b: Confirmed, why: str) -> Comparison:
+    shared = sorted(set(a.values) & set(b.values))
+    return Comparison(a, b, why, paired([a.values[s] for s in shared], [b.values[s] for s in shared]), shared)

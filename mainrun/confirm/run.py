@@ -32,7 +32,8 @@ from .results import read_confirmation
 class ConfirmOptions(WorkerPlacement):
     study: str
     storage: StorageSettings = field(default_factory=StorageSettings)
-    top: int = DEFAULT_TOP
+    top: int | None = DEFAULT_TOP        # None: every complete config (an ablation study)
+    against: str | None = None           # compare every config with this one (an ablation's base)
     seeds: int | None = None             # 1..seeds (default 3), or:
     seed_list: list[int] | None = None
     dataset: str | None = None           # another path to the same titles
@@ -53,7 +54,7 @@ class ConfirmOptions(WorkerPlacement):
 
     def check(self) -> None:
         """What needs no study to refuse."""
-        if self.top < 1:
+        if self.top is not None and self.top < 1:
             raise SearchError(f"--top must be at least 1; got {self.top}")
         if self.seeds is not None and self.seed_list is not None:
             raise SearchError("give --seeds or --seed-list, not both")
@@ -120,6 +121,9 @@ def plan_confirm(opts: ConfirmOptions) -> Plan:
     if search.direction != optuna.study.StudyDirection.MINIMIZE:
         raise SearchError(f"study '{opts.study}' maximises; mainrun's studies minimise val_loss")
     finalists, notes = select_finalists(search, opts.top)
+    if opts.against is not None and opts.against not in {f.name for f in finalists}:
+        raise SearchError(f"--against {opts.against}: not among the configs to confirm ("
+                          + ", ".join(f.name for f in finalists) + "); name one of them, or raise --top")
     seeds = train_seeds(opts.seeds, opts.seed_list, finalists)
     companion = read_companion(search)
     return Plan(search, finalists, seeds, missing_pairs(companion, finalists, seeds), notes, companion)
@@ -179,7 +183,7 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
             contexts = opts.worker_contexts(objective, companion, trials, devices, artifacts, time.time(),
                                             enqueued_only=True, checkpoints=str(checkpoints))
             code = run_rounds(companion, contexts, trials, echo)
-        confirmation = read_confirmation(search, companion)
+        confirmation = read_confirmation(search, companion, opts.against)
     print_confirmation(confirmation, opts.storage.url, echo, search)
     short = [f"{c.name} seed {s}" for c in confirmation.configs for s in plan.seeds
              if c.finalist.key in {f.key for f in plan.finalists} and s not in c.values]

@@ -50,8 +50,9 @@ def plan_search(opts: SearchOptions, echo: Echo = say) -> int:
     if space.fixed:
         echo("fixed: " + ", ".join(f"{k}={param_value(v, 3)}" for k, v in space.fixed.items()))
     echo(f"params ({len(space.params)}):")
+    width = max(14, *(len(p.name) + 2 for p in space.params))
     for p in space.params:
-        echo(f"  {p.name:<14}{p.describe()}")
+        echo(f"  {p.name:<{width}}{p.describe()}")
     where = "a GPU, bf16 autocast" if on_gpu else "the CPU, fp32"
     echo(f"model sizes and peak memory by estimate (on {where}; vocab {base.vocab_size} as configured):")
     for label, params in space.enqueue:
