@@ -162,12 +162,15 @@ def test_against_a_base_compares_every_other_config_with_it_seed_by_seed(lucky_s
         read_confirmation(study, read_companion(study), against="trial 3")
 
 
-def test_top_all_takes_every_complete_config(lucky_study, capsys):
+def test_top_all_takes_every_complete_config_and_names_a_variant_that_never_completed(lucky_study, capsys):
     from mainrun.cli import confirm_main
-    url, _ = lucky_study
+    url, study = lucky_study
+    study.add_trial(optuna.create_trial(state=TrialState.FAIL, user_attrs={
+        "config": study.trials[0].user_attrs["config"], "enqueued_as": "wsd"}))
     assert confirm_main(["--study", "lucky", "--storage", url, "--top", "all", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    rows = [line.split()[0] for line in out.splitlines()[2:6]]
+    assert "confirm: enqueued wsd did not complete (fail): left out" in out
+    rows = [line.split()[0] for line in out.splitlines()[3:7]]
     assert rows == ["0", "1", "2", "3"] and "fewer than" not in out
     assert "train seeds 1, 2, 3: 12 runs, 9 settled in 'lucky-confirm', 3 to run" in out
 

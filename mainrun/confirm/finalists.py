@@ -73,14 +73,18 @@ def select_finalists(study: optuna.Study, top: int | None) -> tuple[list[Finalis
     if top is not None and len(chosen) < top:
         notes.append(f"study '{study.study_name}' has {len(chosen)} complete trial(s) with distinct configs, "
                      f"fewer than --top {top}: confirming those")
-    enqueued = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("enqueued_as") in REFERENCES]
+    enqueued = [t for t in study.get_trials(deepcopy=False) if "enqueued_as" in t.user_attrs]
+    if top is None:        # an ablation: a variant that never completed is named, not silently missing
+        for label in dict.fromkeys(t.user_attrs["enqueued_as"] for t in enqueued):
+            runs = [t for t in enqueued if t.user_attrs["enqueued_as"] == label]
+            if label not in REFERENCES and all(t.state != TrialState.COMPLETE for t in runs):
+                notes.append(f"enqueued {label} did not complete ({_states(runs)}): left out")
     for label in REFERENCES:
         runs = [t for t in enqueued if t.user_attrs["enqueued_as"] == label]
         done = [t for t in complete if t.number in {r.number for r in runs}]      # best first
         if not done:
             if runs:
-                states = ", ".join(sorted({t.state.name.lower() for t in runs}))
-                notes.append(f"reference {label} did not complete ({states}): left out")
+                notes.append(f"reference {label} did not complete ({_states(runs)}): left out")
             continue
         key = config_key(done[0].user_attrs["config"])
         if key in chosen:                  # among the best already, under another name
@@ -88,6 +92,10 @@ def select_finalists(study: optuna.Study, top: int | None) -> tuple[list[Finalis
         else:
             chosen[key] = Finalist(done[0], label, reference=True)
     return list(chosen.values()), notes
+
+
+def _states(trials: list[FrozenTrial]) -> str:
+    return ", ".join(sorted({t.state.name.lower() for t in trials}))
 
 
 def _name(trial: FrozenTrial) -> str:
