@@ -86,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--inductor-cache", choices=CACHE_CHOICES, default="as-is",
                         help="with --search or --replay: empty runs from a fresh, empty torch.compile cache, as a "
                              "fresh GPU machine does (default: the machine's cache, as it is)")
+    parser.add_argument("--studies", metavar="DIR",
+                        help="with --search or --replay: keep the studies' SQLite file and artifacts in DIR (made if "
+                             "need be; it must not hold an earlier bench's file) instead of a temporary folder")
     parser.add_argument("--trials", type=int,
                         help="with --search: trials per search (default: 8); with --soak: the finished trials the "
                              "study ends with (default: SECONDS / 2.5)")
@@ -139,10 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         try:
             if args.replay:
                 rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
-                                         args.device, args.cache_dir, args.first, args.inductor_cache)
+                                         args.device, args.cache_dir, args.first, args.inductor_cache, args.studies)
             else:
                 rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, args.pruner, args.seed,
-                                         args.device, args.cache_dir, args.inductor_cache)
+                                         args.device, args.cache_dir, args.inductor_cache, args.studies)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
         print_search_rows(rows)

@@ -57,11 +57,30 @@ def inductor_cache(kind: str):
             os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
 
 
+def studies_folder(studies: str | None, db_name: str, prefix: str) -> Path:
+    """Where the bench's SQLite file and artifacts go: `studies` (made if need be; one that holds
+    a bench file already is refused, since its studies would be resumed, not run again) or a new
+    temporary folder."""
+    if studies is None:
+        return Path(tempfile.mkdtemp(prefix=prefix))
+    folder = Path(studies)
+    if (folder / db_name).exists():
+        raise SearchError(f"--studies {folder}: it holds {db_name} from an earlier bench, whose studies would be "
+                          "resumed instead of run; give an empty folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SearchError(f"--studies {folder}: cannot make the folder ({e.strerror})") from None
+    return folder
+
+
 def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
-                      device: str, cache_dir: str | None, cache: str = "as-is") -> list[dict]:
-    """One fresh search per worker count, each a study in a scratch SQLite file."""
+                      device: str, cache_dir: str | None, cache: str = "as-is", studies: str | None = None
+                      ) -> list[dict]:
+    """One fresh search per worker count, each a study in one SQLite file (in `studies`, or a
+    scratch folder)."""
     from .search import SearchOptions, run_search
-    scratch = Path(tempfile.mkdtemp(prefix="mainrun-bench-"))
+    scratch = studies_folder(studies, "bench.db", "mainrun-bench-")
     rows = []
     for n in jobs:
         storage = f"sqlite:///{scratch / 'bench.db'}"
@@ -103,7 +122,8 @@ def replayed_configs(source_storage: str, source_study: str, first: int | None =
 
 
 def replay_throughput(source_storage: str, source_study: str, dataset: str, jobs: list[int], device: str,
-                      cache_dir: str | None, first: int | None = None, cache: str = "as-is") -> list[dict]:
+                      cache_dir: str | None, first: int | None = None, cache: str = "as-is",
+                      studies: str | None = None) -> list[dict]:
     """Train the source study's configs (on `dataset`, in trial order, in full) once per worker
     count, each in a fresh scratch study: the same trials under every setting."""
     from .confirm.run import ConfirmObjective
@@ -117,8 +137,8 @@ def replay_throughput(source_storage: str, source_study: str, dataset: str, jobs
         if any(cfg.get(k, getattr(base, k)) != getattr(base, k) for k in DATA_FIELDS):
             raise SearchError(f"trial {number} of study '{source_study}' prepares other data than trial "
                               f"{configs[0][0]} ({', '.join(DATA_FIELDS)}); replay a study of one dataset")
+    scratch = studies_folder(studies, "replay.db", "mainrun-replay-")
     data = prepare_data(base, cache_dir)
-    scratch = Path(tempfile.mkdtemp(prefix="mainrun-replay-"))
     storage = f"sqlite:///{scratch / 'replay.db'}"
     rows = []
     for n in jobs:

@@ -14,9 +14,16 @@ from helpers import SPACES, TINY, bench, cli
 
 
 def test_search_rows_give_the_headline_figures(tmp_path, titles_file):
-    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"),
-                         "--trials", "2", "--pruner", "none", "--inductor-cache", "empty")
+    kept = tmp_path / "kept"
+    args = ("--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"), "--trials", "2",
+            "--pruner", "none", "--inductor-cache", "empty", "--studies", str(kept))
+    rows, stdout = bench(tmp_path, *args)
     (row,) = rows
+    assert row["storage"] == f"sqlite:///{kept / 'bench.db'}"          # kept where asked, to be brought back
+    # the same folder again would resume its finished study: refused before anything runs
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "holds bench.db from an earlier bench" in proc.stderr, proc.stderr
     study = optuna.load_study(study_name=row["study"], storage=row["storage"])
     trials = study.get_trials(states=(TrialState.COMPLETE,))
     assert row["best"] == min(t.value for t in trials)
