@@ -154,7 +154,7 @@ def replay_throughput(source_storage: str, source_study: str, dataset: str, jobs
             start = time.time()
             contexts = where.worker_contexts(objective, study, len(configs), devices, scratch / "artifacts", start,
                                              enqueued_only=True)
-            code = run_rounds(study, contexts, len(configs), print)
+            code = run_rounds(study, contexts, len(configs), print, command="replay")
             wall = time.time() - start
         rows.append(search_row(f"replay jobs {n}", n, storage, study.study_name, wall, code, cache))
         print(json.dumps(rows[-1]), flush=True)

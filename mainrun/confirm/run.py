@@ -182,7 +182,7 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
             objective = ConfirmObjective(base, searched_on, opts.cache_dir)
             contexts = opts.worker_contexts(objective, companion, trials, devices, artifacts, time.time(),
                                             enqueued_only=True, checkpoints=str(checkpoints))
-            code = run_rounds(companion, contexts, trials, echo)
+            code = run_rounds(companion, contexts, trials, echo, command="confirm")
         confirmation = read_confirmation(search, companion, opts.against)
     print_confirmation(confirmation, opts.storage.url, echo, search)
     short = [f"{c.name} seed {s}" for c in confirmation.configs for s in plan.seeds

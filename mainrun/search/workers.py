@@ -252,15 +252,17 @@ def _worker_process(ctx: WorkerContext) -> None:
 
 
 # ---------------------------------------------------------------------- rounds of workers
-def run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int, echo: Echo = say) -> int:
+def run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int, echo: Echo = say,
+               command: str = "search") -> int:
     """Run the workers; if they stop short (a worker died, a trial failed), fail stale
-    trials once their heartbeat grace has passed and run another round. Returns the exit code."""
+    trials once their heartbeat grace has passed and run another round. Returns the exit code.
+    `command` starts the lines it says (search, confirm, replay)."""
     while finished_count(study) < trials:
         before = finished_count(study)
         codes = _run_workers(contexts)
         if any(c in (130, 143) for c in codes):
             code = 143 if 143 in codes else 130
-            echo(f"search: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); the same command resumes "
+            echo(f"{command}: interrupted ({'SIGTERM' if code == 143 else 'SIGINT'}); the same command resumes "
                  "the study")
             return code
         if finished_count(study) >= trials:
@@ -271,17 +273,17 @@ def run_rounds(study: optuna.Study, contexts: list[WorkerContext], trials: int, 
         if EXIT_INPUTS_CHANGED in codes:        # the worker said why; another round would say it again
             return EXIT_INPUTS_CHANGED
         if _past(contexts[0].deadline):
-            echo(f"search: --timeout reached with {finished_count(study)} of {trials} trials finished; "
+            echo(f"{command}: --timeout reached with {finished_count(study)} of {trials} trials finished; "
                  "the same command resumes the study")
             break
         running = tally(study)[TrialState.RUNNING]
         if running:
-            echo(f"search: waiting for {running} running trial(s) (another machine, or a dead worker whose "
+            echo(f"{command}: waiting for {running} running trial(s) (another machine, or a dead worker whose "
                  "heartbeat has not yet expired)")
             if not _wait_for_running(study, contexts[0].storage):
                 continue
         elif finished_count(study) == before:
-            echo(f"search: no trial finished in the last round (exit codes {codes}); giving up")
+            echo(f"{command}: no trial finished in the last round (exit codes {codes}); giving up")
             return 1
     return 0
 
