@@ -373,11 +373,14 @@ def report_main(argv: list[str] | None = None) -> int:
     parser.add_argument("--trial", type=int, action="append", default=[], metavar="N",
                         help="with --study: also draw trial N's training curves beside the best trial's and the "
                              "baseline's (repeatable)")
+    parser.add_argument("--against", metavar="NAME",
+                        help="with --study, for an ablation: the Confirmed section compares every config with this "
+                             "one (as mainrun-confirm --against)")
     args = parser.parse_args(argv)
     if args.compare is not None and len(args.compare) < 2:
         parser.error("--compare needs at least 2 study names")
-    if args.compare is not None and args.trial:
-        parser.error("--trial goes with --study")
+    if args.compare is not None and (args.trial or args.against):
+        parser.error("--trial and --against go with --study")
 
     from .compare import build_comparison
     from .report import build_report
@@ -385,7 +388,8 @@ def report_main(argv: list[str] | None = None) -> int:
         if args.compare:
             index = build_comparison(args.storage, args.compare, args.out)
         else:
-            index = build_report(args.storage, args.study, args.out, top=args.top, curve_trials=args.trial)
+            index = build_report(args.storage, args.study, args.out, top=args.top, curve_trials=args.trial,
+                                 against=args.against)
     except MainrunError as e:
         _fail(str(e))
     print(f"report: {index}")

@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .confirm.figures import confirmed_section
+from .confirm.figures import check_against, confirmed_section
 from .curves import curves_figure, trial_curves, write_curves_png
 from .edges import recorded_space_edges
 from .errors import SearchError
@@ -401,14 +401,14 @@ def has_curves(trials) -> bool:
 
 # ---------------------------------------------------------------------- the report
 def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: int = 10,
-                 curve_trials: list[int] = ()) -> Path:
+                 curve_trials: list[int] = (), against: str | None = None) -> Path:
     """Write out_dir/index.html and out_dir/*.png for the study; return the HTML path. The
-    training curves show the best trial, the baseline and the `curve_trials`."""
+    training curves show the best trial, the baseline and the `curve_trials`; `against` names
+    an ablation's base for the Confirmed section's comparisons."""
     study = open_study_readonly(storage_url, study_name)
     if len(study.directions) != 1:
         raise SearchError(f"study '{study_name}' has {len(study.directions)} objectives; the report is for "
                           "single-objective studies such as mainrun-search makes")
-    out = output_folder(out_dir)
 
     trials = study.get_trials(deepcopy=False)
     by_number = {t.number: t for t in trials}
@@ -421,12 +421,15 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     if unknown:
         raise SearchError(f"--trial {unknown[0]}: study '{study_name}' has no such trial "
                           f"(trials 0 to {len(trials) - 1})")
+    if against is not None:
+        check_against(study, against)
+    out = output_folder(out_dir)                   # only now: a refused report writes nothing
     runs, no_curves = curve_runs(by_number, best, baseline, list(curve_trials))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
-        confirmed = confirmed_section(study, out)      # None: the study has no confirmation
+        confirmed = confirmed_section(study, out, against)      # None: the study has no confirmation
     if runs:
         plots.insert(2, ("Training curves", plot_div(curves_figure(runs), "plot-curves"),
                          "Against the training step: the training loss (per token, the mean over each read of "

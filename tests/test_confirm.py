@@ -205,6 +205,21 @@ def test_the_report_has_a_confirmed_section(lucky_study, tmp_path):
     assert "Confirmed on extra" not in build_report(url, plain.study_name, tmp_path / "out2").read_text()
 
 
+def test_the_report_against_a_base_compares_every_config_with_it(lucky_study, tmp_path, capsys):
+    from mainrun.cli import report_main
+    url, _ = lucky_study
+    assert report_main(["--study", "lucky", "--storage", url, "--out", str(tmp_path / "out"),
+                        "--against", "report-003"]) == 0
+    page = (tmp_path / "out" / "index.html").read_text()
+    assert "Every config against report-003" in page
+    assert "trial 1 beats report-003 by 0.0300" in page and "trial 0 and report-003 are not distinguishable" in page
+    assert page.count("[against report-003]") == 2
+    with pytest.raises(SystemExit) as exit_:
+        report_main(["--study", "lucky", "--storage", url, "--out", str(tmp_path / "o2"), "--against", "nope"])
+    assert exit_.value.code == 2 and "--against nope: no config of that name" in capsys.readouterr().err
+    assert not (tmp_path / "o2").exists()                              # refused before anything is written
+
+
 def test_the_edges_named_are_those_of_the_best_by_mean_not_of_the_best_run(lucky_study, tmp_path, capsys):
     """lr 2e-3 (trial 1, the best mean) is the top of the recorded space's lr values; lr 1e-3
     (trial 0, the best single run) is inside: the confirmation and the report name trial 1's."""

@@ -8,6 +8,7 @@ from typing import Any
 
 import optuna
 
+from ..errors import SearchError
 from .companion import read_companion
 from .console import spread_text, winners_curse_text
 from .results import Confirmation, read_confirmation
@@ -16,14 +17,24 @@ OFFICIAL_COLOR, MEAN_COLOR, RUN_COLOR = "#d62728", "#1f77b4", "rgba(100, 100, 10
 TITLE = "Confirmed: val_loss over train seeds (mean and 95% CI; official run marked)"
 
 
-def confirmed_section(study: optuna.Study, out: Path) -> dict[str, Any] | None:
+def check_against(study: optuna.Study, against: str) -> None:
+    """Refuse an ablation base the study's confirmation does not hold, before a page is written."""
+    companion = read_companion(study)
+    if companion is None:
+        raise SearchError(f"--against {against}: study '{study.study_name}' has no confirmation to compare in; "
+                          f"run mainrun-confirm --study {study.study_name} first")
+    read_confirmation(study, companion, against)
+
+
+def confirmed_section(study: optuna.Study, out: Path, against: str | None = None) -> dict[str, Any] | None:
     """What the report's Confirmed section shows, or None when the study has no confirmation;
-    its PNG is written into `out`."""
+    its PNG is written into `out`. `against`: an ablation's base, which every config is
+    compared with (as mainrun-confirm --against)."""
     from ..pages import plot_div
     companion = read_companion(study)
     if companion is None:
         return None
-    c = read_confirmation(study, companion)
+    c = read_confirmation(study, companion, against)
     if not c.configs:
         return None
     rows = [{"config": x, "mean": spread_text(x.spread)[0], "ci": spread_text(x.spread)[1]} for x in c.configs]
