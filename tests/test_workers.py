@@ -525,3 +525,36 @@ def test_waiting_for_running_trials_gives_a_clock_only_to_trials_that_never_beat
         _wait_for_running(study, StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=1))   # 3 s
     failed = study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
     assert sorted(t.number for t in failed) == [beat.number, silent.number]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")         # a trial asked for by hand
+def test_a_lost_trial_is_failed_and_its_retry_enqueued_under_the_admission_lock(storage_url):
+    """Failing a lost trial and enqueueing its retry are two writes. A worker's admission check
+    between them counts neither and gives the lost trial's slot to a fresh trial, and the retry is
+    left WAITING in a full study (the chaos soak on PostgreSQL caught it). A search waiting for
+    running trials therefore fails them under the admission lock, as admission itself does."""
+    import threading
+
+    from mainrun.search.workers import _wait_for_running
+    from mainrun.storage import StorageSettings, study_lock
+    from mainrun.storage import open_storage as open_search_storage
+    settings = StorageSettings(storage_url, heartbeat_interval=1, heartbeat_grace=1)
+    storage = open_search_storage(settings)
+    study = optuna.create_study(study_name=STUDY, storage=storage)
+    lost = study.ask()
+    storage.record_heartbeat(lost._trial_id)
+    time.sleep(1.5)                                                    # its heartbeat is stale now
+
+    def states() -> list[TrialState]:
+        return [t.state for t in optuna.load_study(study_name=STUDY, storage=storage_url).get_trials()]
+    admission = study_lock(storage_url, "admission", STUDY)
+    admission.acquire()                                                # a worker deciding on a trial
+    waiter = threading.Thread(target=_wait_for_running, args=(study, settings), daemon=True)
+    try:
+        waiter.start()
+        time.sleep(2.0)
+        assert states() == [TrialState.RUNNING]                        # not failed behind its back
+    finally:
+        admission.release()
+    waiter.join(timeout=60)
+    assert states() == [TrialState.FAIL, TrialState.WAITING]

@@ -293,18 +293,31 @@ def _wait_for_running(study: optuna.Study, settings: StorageSettings) -> bool:
     A worker killed between creating a trial and its first heartbeat leaves a trial that
     Optuna never considers stale; one heartbeat recorded here gives it a clock."""
     storage = study._storage
-    optuna.storages.fail_stale_trials(study)          # those whose heartbeat expired already: now
+    admission = study_lock(settings.url, "admission", study.study_name)
+    _fail_stale_admitted(study, admission)            # those whose heartbeat expired already: now
     # Only those that never beat: refreshing a dead worker's old heartbeat would restart its grace,
     # and workers that restart often (a crash loop, a chaos soak) would keep it RUNNING for ever.
     for trial in _never_beat(storage, study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
         storage.record_heartbeat(trial._trial_id)     # Optuna exposes trial ids only privately
     deadline = time.time() + settings.heartbeat_grace * 3
     while time.time() < deadline:
-        optuna.storages.fail_stale_trials(study)
+        _fail_stale_admitted(study, admission)
         if tally(study)[TrialState.RUNNING] == 0:
             return True
         time.sleep(min(5.0, settings.heartbeat_interval))
     return False
+
+
+def _fail_stale_admitted(study: optuna.Study, admission) -> None:
+    """fail_stale_trials under the admission lock, as a worker's admission calls it. Failing a
+    lost trial and enqueueing its retry are two writes: an admission check between them would
+    count neither, admit a fresh trial into the lost one's slot, and leave the retry WAITING when
+    the study is full (found by the chaos soak on PostgreSQL). `admission`: the study_lock."""
+    admission.acquire()
+    try:
+        optuna.storages.fail_stale_trials(study)
+    finally:
+        admission.release()
 
 
 def _never_beat(storage: optuna.storages.BaseStorage, trials: list) -> list:
