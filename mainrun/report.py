@@ -20,7 +20,7 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
-from .confirm.figures import check_against, confirmed_section
+from .confirm.figures import confirmed_section, study_confirmation
 from .curves import curves_figure, trial_curves, write_curves_png
 from .edges import recorded_space_edges
 from .errors import SearchError
@@ -421,15 +421,14 @@ def build_report(storage_url: str, study_name: str, out_dir: str | Path, top: in
     if unknown:
         raise SearchError(f"--trial {unknown[0]}: study '{study_name}' has no such trial "
                           f"(trials 0 to {len(trials) - 1})")
-    if against is not None:
-        check_against(study, against)
+    confirmation = study_confirmation(study, against)     # read before writing: a bad --against writes nothing
     out = output_folder(out_dir)                   # only now: a refused report writes nothing
     runs, no_curves = curve_runs(by_number, best, baseline, list(curve_trials))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")         # optuna's "too few trials" and experimental warnings
         plots = _plots(study, trials, by_number, best, baseline, n_complete, target_name)
         pngs = write_pngs(study, out, by_number, best, baseline, n_complete, target_name)
-        confirmed = confirmed_section(study, out, against)      # None: the study has no confirmation
+        confirmed = confirmed_section(confirmation, out)      # None: the study has no confirmation
     if runs:
         plots.insert(2, ("Training curves", plot_div(curves_figure(runs), "plot-curves"),
                          "Against the training step: the training loss (per token, the mean over each read of "

@@ -17,25 +17,24 @@ OFFICIAL_COLOR, MEAN_COLOR, RUN_COLOR = "#d62728", "#1f77b4", "rgba(100, 100, 10
 TITLE = "Confirmed: val_loss over train seeds (mean and 95% CI; official run marked)"
 
 
-def check_against(study: optuna.Study, against: str) -> None:
-    """Refuse an ablation base the study's confirmation does not hold, before a page is written."""
+def study_confirmation(study: optuna.Study, against: str | None = None) -> Confirmation | None:
+    """The study's confirmation, None when it has none. `against`: an ablation's base, which
+    every config is compared with (as mainrun-confirm --against); a base the confirmation does
+    not hold is refused, so the report can read this before it writes anything."""
     companion = read_companion(study)
     if companion is None:
-        raise SearchError(f"--against {against}: study '{study.study_name}' has no confirmation to compare in; "
-                          f"run mainrun-confirm --study {study.study_name} first")
-    read_confirmation(study, companion, against)
-
-
-def confirmed_section(study: optuna.Study, out: Path, against: str | None = None) -> dict[str, Any] | None:
-    """What the report's Confirmed section shows, or None when the study has no confirmation;
-    its PNG is written into `out`. `against`: an ablation's base, which every config is
-    compared with (as mainrun-confirm --against)."""
-    from ..pages import plot_div
-    companion = read_companion(study)
-    if companion is None:
+        if against is not None:
+            raise SearchError(f"--against {against}: study '{study.study_name}' has no confirmation to compare in; "
+                              f"run mainrun-confirm --study {study.study_name} first")
         return None
-    c = read_confirmation(study, companion, against)
-    if not c.configs:
+    return read_confirmation(study, companion, against)
+
+
+def confirmed_section(c: Confirmation | None, out: Path) -> dict[str, Any] | None:
+    """What the report's Confirmed section shows, or None when there is no confirmation (or it
+    holds no config yet); its PNG is written into `out`."""
+    from ..pages import plot_div
+    if c is None or not c.configs:
         return None
     rows = [{"config": x, "mean": spread_text(x.spread)[0], "ci": spread_text(x.spread)[1]} for x in c.configs]
     return {"confirmation": c, "rows": rows, "div": plot_div(figure(c), "plot-confirmed"),
