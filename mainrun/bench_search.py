@@ -81,9 +81,9 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
     scratch folder)."""
     from .search import SearchOptions, run_search
     scratch = studies_folder(studies, "bench.db", "mainrun-bench-")
+    storage = f"sqlite:///{scratch / 'bench.db'}"
     rows = []
     for n in jobs:
-        storage = f"sqlite:///{scratch / 'bench.db'}"
         opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=f"bench-jobs{n}",
                              dataset=dataset, device=device, jobs=n, seed=seed, pruner=pruner, cache_dir=cache_dir,
                              artifacts=str(scratch / "artifacts"))
