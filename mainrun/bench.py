@@ -6,6 +6,8 @@
     python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 40 --jobs 3 \
         [--inductor-cache empty]
     python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/mainrun.db --jobs 3
+    python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 40 --jobs 6 \
+        --pruner median,successive_halving,hyperband,patient --seed 0,1 --studies pruners/
     python -m mainrun.bench --dataset titles.txt --runs baseline:bf16 --checkpoint
     python -m mainrun.bench --dataset titles.txt --soak 300 --storage postgresql+psycopg://user@host/db
 
@@ -38,7 +40,7 @@ from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
 from .errors import ConfigError, MainrunError
 from .model import GPT
-from .policy import PRUNERS
+from .policy import PRUNERS, SAMPLERS
 from .search.workers import share_cores_politely
 from .storage import DEFAULT_STORAGE
 from .memory import estimate_memory_bytes
@@ -62,6 +64,27 @@ def gpu_name() -> str:
 
 def gpu_peak() -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu_name()), None)
+
+
+def _policy_lists(parser: argparse.ArgumentParser, args) -> tuple[list, list, list[int]]:
+    """--sampler, --pruner and --seed as lists (each value once: a repeat would resume its study)."""
+    def names(flag: str, raw: str | None, known: dict) -> list[str | None]:
+        if raw is None:
+            return [None]                                    # the space's own
+        values = raw.split(",")
+        for v in values:
+            if v not in known:
+                parser.error(f"{flag} {v!r}: unknown; known: {', '.join(sorted(known))}")
+        if len(set(values)) < len(values):
+            parser.error(f"{flag} {raw!r}: each name once")
+        return values
+    try:
+        seeds = [int(v) for v in args.seed.split(",")]
+    except ValueError:
+        parser.error(f"--seed {args.seed!r}: expected sampler seeds such as 0,1")
+    if len(set(seeds)) < len(seeds):
+        parser.error(f"--seed {args.seed!r}: each seed once (a repeated seed would resume the finished study)")
+    return names("--sampler", args.sampler, SAMPLERS), names("--pruner", args.pruner, PRUNERS), seeds
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -94,9 +117,15 @@ def main(argv: list[str] | None = None) -> int:
                              "study ends with (default: SECONDS / 2.5)")
     parser.add_argument("--jobs", default="1",
                         help="with --search or --replay: comma-separated worker counts (default: %(default)s)")
-    parser.add_argument("--pruner", choices=sorted(PRUNERS),
-                        help="with --search: replace the space's pruner (none: every trial runs to the end)")
-    parser.add_argument("--seed", type=int, default=0, help="with --search: sampler seed (default: %(default)s)")
+    parser.add_argument("--sampler", metavar="NAME[,NAME]",
+                        help=f"with --search: replace the space's sampler; several ({', '.join(sorted(SAMPLERS))}) "
+                             "compare samplers, one search each per seed")
+    parser.add_argument("--pruner", metavar="NAME[,NAME]",
+                        help=f"with --search: replace the space's pruner (none: every trial runs to the end); "
+                             f"several ({', '.join(sorted(PRUNERS))}) compare pruners, one search each per seed")
+    parser.add_argument("--seed", default="0", metavar="SEED[,SEED]",
+                        help="with --search: sampler seed; several repeat each search once per seed "
+                             "(default: %(default)s)")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="run N of the configs at once on the device, each in its own process: for val losses "
                              "(ablations) in less wall time; their times then share the device (default: 1)")
@@ -144,8 +173,9 @@ def main(argv: list[str] | None = None) -> int:
                 rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
                                          args.device, args.cache_dir, args.first, args.inductor_cache, args.studies)
             else:
-                rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, args.pruner, args.seed,
-                                         args.device, args.cache_dir, args.inductor_cache, args.studies)
+                samplers, pruners, seeds = _policy_lists(parser, args)
+                rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, pruners, seeds,
+                                         args.device, args.cache_dir, args.inductor_cache, args.studies, samplers)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
         print_search_rows(rows)

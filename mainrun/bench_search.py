@@ -4,7 +4,9 @@
     python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/x.db --jobs 3
 
 `--search` runs a fresh search per --jobs value: the headline figure of a search, but each one
-samples its own trials (TPE's draws depend on timing with several workers). `--replay` is the
+samples its own trials (TPE's draws depend on timing with several workers). With several
+--sampler, --pruner or --seed values it runs every combination: a policy comparison at an equal
+budget (`mainrun-report --compare`), with each policy searched once per seed. `--replay` is the
 controlled mode: it trains the configs of an existing study, in trial order and in full (no
 pruning), so two settings (a code change, a lever, a worker count) are compared on identical
 trials. Both print, per run: the wall time, the device-seconds (train + data preparation of every
@@ -17,6 +19,7 @@ the default uses the machine's cache as it is (warm after a first run).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import tempfile
@@ -63,7 +66,7 @@ def studies_folder(studies: str | None, db_name: str, prefix: str) -> Path:
     temporary folder."""
     if studies is None:
         return Path(tempfile.mkdtemp(prefix=prefix))
-    folder = Path(studies)
+    folder = Path(studies).absolute()           # the printed storage URLs work from any folder
     if (folder / db_name).exists():
         raise SearchError(f"--studies {folder}: it holds {db_name} from an earlier bench, whose studies would be "
                           "resumed instead of run; give an empty folder")
@@ -74,24 +77,31 @@ def studies_folder(studies: str | None, db_name: str, prefix: str) -> Path:
     return folder
 
 
-def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruner: str | None, seed: int,
-                      device: str, cache_dir: str | None, cache: str = "as-is", studies: str | None = None
-                      ) -> list[dict]:
-    """One fresh search per worker count, each a study in one SQLite file (in `studies`, or a
-    scratch folder)."""
+def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pruners: list[str | None],
+                      seeds: list[int], device: str, cache_dir: str | None, cache: str = "as-is",
+                      studies: str | None = None, samplers: list[str | None] = (None,)) -> list[dict]:
+    """One fresh search per worker count, sampler, pruner and seed (None: the space's own), each
+    a study in one SQLite file (in `studies`, or a scratch folder). Several samplers or pruners,
+    each with several seeds, make a policy comparison: its closing line is the command that
+    compares them at an equal budget, by policy."""
     from .search import SearchOptions, run_search
     scratch = studies_folder(studies, "bench.db", "mainrun-bench-")
     storage = f"sqlite:///{scratch / 'bench.db'}"
     rows = []
-    for n in jobs:
-        opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=f"bench-jobs{n}",
-                             dataset=dataset, device=device, jobs=n, seed=seed, pruner=pruner, cache_dir=cache_dir,
-                             artifacts=str(scratch / "artifacts"))
+    for n, sampler, pruner, seed in itertools.product(jobs, samplers, pruners, seeds):
+        # a part of the name only where the bench varies it, so a plain bench keeps 'bench-jobsN'
+        varied = [f"{sampler}" if len(samplers) > 1 else "", f"{pruner}" if len(pruners) > 1 else "",
+                  f"seed{seed}" if len(seeds) > 1 else ""]
+        name = "-".join([f"bench-jobs{n}", *filter(None, varied)])
+        opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=name,
+                             dataset=dataset, device=device, jobs=n, seed=seed, sampler=sampler, pruner=pruner,
+                             cache_dir=cache_dir, artifacts=str(scratch / "artifacts"))
         with inductor_cache(cache):
             start = time.perf_counter()
             code = run_search(opts)
             wall = time.perf_counter() - start
-        rows.append(search_row(f"search jobs {n}", n, storage, opts.study, wall, code, cache))
+        rows.append({**search_row(" ".join(["search jobs", str(n), *filter(None, varied)]), n, storage, name, wall,
+                                  code, cache), "sampler": sampler, "pruner": pruner, "seed": seed})
         print(json.dumps(rows[-1]), flush=True)
     print(f"(studies kept in {scratch / 'bench.db'})")
     return rows
@@ -183,11 +193,15 @@ def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float,
 
 
 def print_search_rows(rows: list[dict]) -> None:
-    print(f"\n{'run':<16}{'cache':>7}{'finished':>9}{'pruned':>7}{'failed':>7}{'wall s':>9}{'device s':>10}"
+    width = max([16, *(len(r["run"]) + 2 for r in rows)])
+    print(f"\n{'run':<{width}}{'cache':>7}{'finished':>9}{'pruned':>7}{'failed':>7}{'wall s':>9}{'device s':>10}"
           f"{'setup %':>8}{'trials/h':>10}{'full runs/h':>12}{'best':>9}")
     for r in rows:
         share = "-" if r["setup_share"] is None else f"{100 * r['setup_share']:.1f}"
         best = "-" if r["best"] is None else f"{r['best']:.4f}"
-        print(f"{r['run']:<16}{r['inductor_cache']:>7}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}"
+        print(f"{r['run']:<{width}}{r['inductor_cache']:>7}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}"
               f"{r['wall_s']:>9.1f}{r['device_s']:>10.1f}{share:>8}{r['trials_per_hour']:>10.1f}"
               f"{r['full_runs_per_hour']:>12.1f}{best:>9}")
+    if len({(r.get("sampler"), r.get("pruner"), r.get("seed")) for r in rows}) > 1:      # a policy comparison
+        print("\ncompare them at an equal budget, by policy: mainrun-report --compare "
+              f"{' '.join(r['study'] for r in rows)} --storage {rows[0]['storage']} --out compare/")

@@ -2,12 +2,16 @@
 
 compare.html (offline, like the study report) and compare.png show each study's best value so
 far against the device-seconds it spent, the best each had reached at an equal budget (the
-smallest total any of them spent), the time pruning saved, and a verdict in words.
+smallest total any of them spent), the time pruning saved, and a verdict in words. Studies of
+one policy (sampler and pruner, options included) are repeated searches: the verdict compares
+policies by the spread of their searches, and says how many searches each number rests on.
 `compare_studies` computes those numbers; the page and the PNG only show them.
 """
 from __future__ import annotations
 
 import html
+import inspect
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +23,7 @@ from .config import parse_yaml_text
 from .errors import ConfigError, SearchError
 from .formats import metric_value, percent, seconds_amount
 from .pages import PNG_DPI, output_folder, plot_div, render_page
-from .policy import DEFAULT_PRUNER, DEFAULT_SAMPLER
+from .policy import DEFAULT_PRUNER, DEFAULT_SAMPLER, PRUNERS, SAMPLERS
 from .report import as_number, compute_totals
 from .search.study import METRIC
 from .storage import open_study_readonly, redact
@@ -48,6 +52,7 @@ class StudyResult:
     unfinished_trials: int = 0           # running or waiting: left out
     best_at_budget: float | None = None
     seconds_to_target: float | None = None
+    policy: str = ""                     # sampler+pruner with their options: what repeated searches share
 
     @property
     def label(self) -> str:
@@ -68,6 +73,26 @@ class StudyResult:
 
 
 @dataclass
+class PolicyGroup:
+    """The compared studies of one policy: repeated searches, whose bests at the equal budget
+    spread as much as luck (which trials a seed or a worker's timing draws) makes them."""
+    policy: str
+    studies: list[StudyResult]
+
+    @property
+    def values(self) -> list[float]:
+        return [r.best_at_budget for r in self.studies if r.best_at_budget is not None]
+
+    @property
+    def searches(self) -> str:
+        return f"{len(self.studies)} search{'es' if len(self.studies) > 1 else ''}"
+
+    @property
+    def mean(self) -> float | None:
+        return statistics.fmean(self.values) if self.values else None
+
+
+@dataclass
 class Comparison:
     studies: list[StudyResult]
     minimize: bool
@@ -76,6 +101,12 @@ class Comparison:
     unit: str
     metric: str = METRIC
     caveats: list[str] = field(default_factory=list)   # why the values may not compare
+    groups: list[PolicyGroup] = field(default_factory=list)   # by policy, in the order first compared
+
+    @property
+    def repeated(self) -> bool:
+        """Whether some policy was searched more than once: the verdict is then by policy."""
+        return any(len(g.studies) > 1 for g in self.groups)
 
 
 def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
@@ -84,6 +115,30 @@ def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
     space = _recorded_space(attrs.get("space_yaml"))
     return (_policy_name(attrs.get("sampler"), space, "sampler", DEFAULT_SAMPLER),
             _policy_name(attrs.get("pruner"), space, "pruner", DEFAULT_PRUNER))
+
+
+def policy_label(attrs: dict[str, Any]) -> str:
+    """sampler+pruner, each with the options that differ from mainrun's defaults, e.g.
+    "tpe+median(n_warmup_steps=6)": the study's recorded "policy" attr, else (an older study) its
+    recorded space file's options where that names the recorded sampler or pruner."""
+    recorded = attrs.get("policy") if isinstance(attrs.get("policy"), dict) else {}
+    space = _recorded_space(attrs.get("space_yaml")) or {}
+    parts = []
+    for key, name, table in zip(("sampler", "pruner"), study_policy(attrs), (SAMPLERS, PRUNERS)):
+        spec = recorded.get(key, space.get(key))
+        spec_name = spec.get("name", DEFAULT_SAMPLER if key == "sampler" else DEFAULT_PRUNER) \
+            if isinstance(spec, dict) else None
+        parts.append(name + (_options_text(table, name, spec) if spec_name == name else ""))
+    return "+".join(parts)
+
+
+def _options_text(table: dict, name: str, spec: dict) -> str:
+    if name not in table:
+        return ""
+    cls, ours = table[name]
+    defaults = {k: p.default for k, p in inspect.signature(cls).parameters.items()} | ours
+    changed = {k: v for k, v in spec.items() if k != "name" and defaults.get(k, inspect.Parameter.empty) != v}
+    return f"({', '.join(f'{k}={v}' for k, v in sorted(changed.items()))})" if changed else ""
 
 
 def _recorded_space(text: Any) -> dict | None:
@@ -173,7 +228,7 @@ def summarize_study(name: str, trials: list[FrozenTrial], attrs: dict[str, Any],
     return StudyResult(name=name, sampler=sampler, pruner=pruner, counts=totals.counts,
                        spent_seconds=curve[-1][0], saved_seconds=totals.saved_seconds, unit=totals.unit,
                        untimed_trials=sum(is_untimed(t) for t in finished), curve=curve, best_value=curve[-1][1],
-                       unfinished_trials=len(trials) - len(finished))
+                       unfinished_trials=len(trials) - len(finished), policy=policy_label(attrs))
 
 
 def refuse_repeated_names(names: list[str]) -> None:
@@ -203,9 +258,12 @@ def compare_studies(studies: list[optuna.Study]) -> Comparison:
         r.seconds_to_target = seconds_to_reach(r.curve, target, minimize)
     units = {r.unit for r in results}
     names = studies[0].metric_names
+    groups: dict[str, PolicyGroup] = {}
+    for r in results:
+        groups.setdefault(r.policy, PolicyGroup(r.policy, [])).studies.append(r)
     return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
                       unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC,
-                      caveats=caveats(studies))
+                      caveats=caveats(studies), groups=list(groups.values()))
 
 
 def caveats(studies: list[optuna.Study]) -> list[str]:
@@ -272,6 +330,46 @@ def pruning_goal_sentence(cmp: Comparison) -> str | None:
             f"without pruning, at equal budget): " + "; ".join(verdicts) + ".")
 
 
+def _group_value(g: PolicyGroup) -> str:
+    counted = g.searches if len(g.values) == len(g.studies) else \
+        f"{len(g.values)} of {g.searches} with a complete trial by then"
+    if not g.values:
+        return f"none yet ({g.searches})"
+    if len(g.values) == 1:
+        return f"{metric_value(g.values[0])} ({counted})"
+    return f"mean {metric_value(g.mean)} over {counted} ({metric_value(min(g.values))} to {metric_value(max(g.values))})"
+
+
+def _separation_sentences(cmp: Comparison) -> list[str]:
+    """Whether the searches separate the policies: the leading policy (best mean at the equal
+    budget) against each other one. Ahead means every search of it beat every search of the
+    other; where they overlap the searches do not rank the two policies."""
+    ranked = sorted((g for g in cmp.groups if g.values), key=lambda g: g.mean if cmp.minimize else -g.mean)
+    if len(ranked) < 2:
+        return []
+    lead, said = ranked[0], []
+    worst_lead = max(lead.values) if cmp.minimize else min(lead.values)
+    for other in ranked[1:]:
+        best_other = min(other.values) if cmp.minimize else max(other.values)
+        if _better(worst_lead, best_other, cmp.minimize):
+            said.append(f"Every {lead.policy} search was ahead of every {other.policy} search.")
+        else:
+            said.append(f"The searches of {lead.policy} and {other.policy} overlap: "
+                        f"{len(lead.values)} and {len(other.values)} searches do not rank these two policies.")
+    return said
+
+
+def _policy_sentences(cmp: Comparison) -> list[str]:
+    """The verdict by policy, when some policy was searched more than once; else the note that
+    every number rests on one search."""
+    if not cmp.repeated:
+        return ["Each policy here rests on one search, and which trials a search draws (its seed, its workers' "
+                "timing) moves its best as much as a policy can: search each policy at least twice before "
+                "choosing between them."] if len(cmp.groups) > 1 else []
+    by_policy = "; ".join(f"{g.policy} {_group_value(g)}" for g in cmp.groups)
+    return [f"By policy, at that budget: {by_policy}.", *_separation_sentences(cmp)]
+
+
 def verdict(cmp: Comparison) -> str:
     """One paragraph in plain words, computed from the numbers."""
     sense = "lower" if cmp.minimize else "higher"
@@ -279,6 +377,7 @@ def verdict(cmp: Comparison) -> str:
     parts = [*cmp.caveats, f"At equal budget ({seconds_amount(cmp.budget_seconds)} {cmp.unit}, the smallest total any of these studies "
              f"spent) the best {cmp.metric} reached was: {at_budget} ({sense} is better); "
              f"{_leader_at_budget(cmp)}."]
+    parts += _policy_sentences(cmp)
     parts += _pruning_sentences(cmp)
     goal = pruning_goal_sentence(cmp)
     if goal:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import warnings
 from typing import Any
 
 import optuna
@@ -23,6 +24,22 @@ SAMPLERS = {
 }
 # Packages a sampler imports only when it first samples, i.e. mid-search: checked at load.
 SAMPLER_NEEDS = {"cmaes": ("cmaes",), "gp": ("scipy", "torch")}
+
+
+class PatientMedianPruner(optuna.pruners.PatientPruner):
+    """The median rule, made patient: a trial below the median is pruned only once its validation
+    loss has not improved for `patience` evaluations, so a slow starter that still improves runs
+    on. Optuna's PatientPruner around its MedianPruner, with the median's options."""
+
+    def __init__(self, patience: int = 3, min_delta: float = 0.0, n_startup_trials: int = 5,
+                 n_warmup_steps: int = 3, interval_steps: int = 1, n_min_trials: int = 1):
+        median = optuna.pruners.MedianPruner(n_startup_trials=n_startup_trials, n_warmup_steps=n_warmup_steps,
+                                             interval_steps=interval_steps, n_min_trials=n_min_trials)
+        with warnings.catch_warnings():          # experimental in optuna 5; said once here, not per worker
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            super().__init__(median, patience=patience, min_delta=min_delta)
+
+
 # Pruner steps are evaluation indices (0 = step 1, then every batches_per_epoch // 3 steps):
 # about the same progress points for every trial whatever its batch size. Warm-up 3 = the
 # first epoch (to within a step or two when the batches per epoch are not a multiple of 3).
@@ -31,6 +48,7 @@ PRUNERS = {
     "percentile": (optuna.pruners.PercentilePruner, {"percentile": 50.0, "n_startup_trials": 5, "n_warmup_steps": 3}),
     "successive_halving": (optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 3}),
     "hyperband": (optuna.pruners.HyperbandPruner, {"min_resource": 3}),
+    "patient": (PatientMedianPruner, {}),         # its signature holds mainrun's defaults
     "none": (optuna.pruners.NopPruner, {}),
 }
 
@@ -67,18 +85,19 @@ def parse_policy(raw: Any, key: str, table: dict, default: str, err) -> dict[str
     if key == "sampler" and (missing := missing_package(name)):
         raise err(f"{key}.name", missing)
     cls, defaults = table[name]
+    owner = f"optuna's {cls.__name__}" if cls.__module__.startswith("optuna") else f"mainrun's {cls.__name__}"
     signature = inspect.signature(cls).parameters
     accepted = set(signature) - {"seed", "search_space"}
     for option in raw:
         if option != "name" and option not in accepted:
-            raise err(f"{key}.{option}", f"not an option of optuna's {cls.__name__} "
+            raise err(f"{key}.{option}", f"not an option of {owner} "
                       f"(options: {', '.join(sorted(accepted)) or 'none'})")
         if option != "name":
             _check_option_type(raw[option], signature[option].default, defaults.get(option), f"{key}.{option}", err)
     try:
         cls(**{k: v for k, v in raw.items() if k != "name"}, **({"search_space": {"x": [0]}} if name == "grid" else {}))
     except Exception as e:  # optuna validates its own options; pass its sentence on
-        raise err(key, f"optuna's {cls.__name__} refused these options: {e}") from None
+        raise err(key, f"{owner} refused these options: {e}") from None
     return {"name": name, **{k: v for k, v in raw.items() if k != "name"}}
 
 

@@ -2,7 +2,9 @@
 back from their studies. Nothing here asserts a time; the benchmark is for the GPU."""
 from __future__ import annotations
 
+import html
 import os
+import re
 import subprocess
 import sys
 
@@ -33,6 +35,32 @@ def test_search_rows_give_the_headline_figures(tmp_path, titles_file):
     assert row["inductor_cache"] == "empty" and 0 < row["setup_share"] < 1
     for column in ("wall s", "device s", "setup %", "trials/h", "full runs/h", "best"):
         assert column in stdout
+
+
+def test_several_pruners_and_seeds_make_a_policy_comparison(tmp_path, titles_file):
+    """--pruner A,B --seed 0,1: one search per pruner and seed, each recording its policy, and the
+    closing line's command compares them by policy (the real mainrun-report --compare)."""
+    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"),
+                         "--trials", "2", "--pruner", "none,patient", "--seed", "0,1", "--studies", "kept")
+    assert [(r["study"], r["pruner"], r["seed"]) for r in rows] == [
+        ("bench-jobs1-none-seed0", "none", 0), ("bench-jobs1-none-seed1", "none", 1),
+        ("bench-jobs1-patient-seed0", "patient", 0), ("bench-jobs1-patient-seed1", "patient", 1)]
+    assert all(r["exit_code"] == 0 and r["finished"] == 2 for r in rows)
+    studies = [optuna.load_study(study_name=r["study"], storage=r["storage"]) for r in rows]
+    # the space's sampler options stay; the pruner is the named one, with mainrun's defaults
+    assert [s.user_attrs["policy"]["pruner"] for s in studies] == [{"name": "none"}] * 2 + [{"name": "patient"}] * 2
+    assert studies[0].user_attrs["policy"]["sampler"] == {"name": "tpe", "n_startup_trials": 2}
+    command = stdout.strip().splitlines()[-1]
+    assert command.startswith("compare them at an equal budget, by policy: mainrun-report --compare ")
+    args = command.split(": ", 1)[1].split()
+    proc = subprocess.run(cli(*args[:-2], "--out", str(tmp_path / "compare")), capture_output=True, text=True,
+                          cwd=tmp_path, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    page = (tmp_path / "compare" / "compare.html").read_text(encoding="utf-8")
+    policies = re.search(r"<table id='policies'>(.*?)</table>", page, re.S).group(1)
+    labels = re.findall(r"<tr><td class='l'>([^<]*)</td><td>2</td>", policies)
+    assert labels == ["tpe(n_startup_trials=2)+none", "tpe(n_startup_trials=2)+patient"]
+    assert "By policy, at that budget: tpe(n_startup_trials=2)+none " in html.unescape(page)
 
 
 def test_replay_trains_a_studys_configs_in_order_in_full_and_reproduces_their_values(tmp_path, titles_file):

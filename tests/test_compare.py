@@ -124,6 +124,66 @@ def test_compare_pruning_goal_not_met_policy_fallbacks_and_refusals():
         compare_studies([plain, only_pruned])
 
 
+def test_policy_labels_name_the_options_that_differ_from_the_defaults():
+    from mainrun.compare import policy_label
+    # recorded by mainrun-search: the policy with its options (a default value is not repeated)
+    assert policy_label({"sampler": "tpe", "pruner": "median", "policy": {
+        "sampler": {"name": "tpe", "n_startup_trials": 10, "multivariate": True},
+        "pruner": {"name": "median", "n_warmup_steps": 6, "n_startup_trials": 5}}}) == "tpe+median(n_warmup_steps=6)"
+    # an older study: the space file's options, where it names the policy the study ran
+    arch = "sampler: {name: tpe, n_startup_trials: 10}\npruner: {name: median, n_warmup_steps: 6}\n"
+    assert policy_label({"sampler": "tpe", "pruner": "median", "space_yaml": arch}) == "tpe+median(n_warmup_steps=6)"
+    assert policy_label({"sampler": "random", "pruner": "none", "space_yaml": arch}) == "random+none"   # overridden
+    assert policy_label({"space_yaml": "params: {}\n"}) == "tpe+median"                # the space defaults
+    assert policy_label({"pruner": "patient", "policy": {"pruner": {"name": "patient", "patience": 5}}}) == \
+        "?+patient(patience=5)"
+
+
+def _search(name: str, policy: dict, bests: list[float]) -> optuna.Study:
+    """A finished search whose trials each took 10 s and found `bests` in turn."""
+    return _in_memory_study(name, {"sampler": policy["sampler"]["name"], "pruner": policy["pruner"]["name"],
+                                   "policy": policy}, [
+        _trial(TrialState.COMPLETE, 10 * (i + 1), value, train=10, prep=0, steps=100) for i, value in enumerate(bests)])
+
+
+MEDIAN = {"sampler": {"name": "tpe"}, "pruner": {"name": "median"}}
+PATIENT = {"sampler": {"name": "tpe"}, "pruner": {"name": "patient", "patience": 4}}
+
+
+def test_repeated_searches_are_compared_by_policy():
+    """Two searches of each policy: the verdict compares policies by their searches' spread at the
+    equal budget (30 s, the shortest search), and calls one ahead only where every search of it
+    beat every search of the other."""
+    from mainrun.compare import compare_studies, verdict
+    separated = compare_studies([_search("m0", MEDIAN, [1.0, 0.9, 0.8]), _search("p0", PATIENT, [1.0, 0.95, 0.85, 0.5]),
+                                 _search("m1", MEDIAN, [0.7, 0.9, 0.82]), _search("p1", PATIENT, [0.9, 0.9, 0.88])])
+    assert separated.budget_seconds == 30.0 and separated.repeated
+    assert [(g.policy, [r.name for r in g.studies], g.values) for g in separated.groups] == [
+        ("tpe+median", ["m0", "m1"], [0.8, 0.7]), ("tpe+patient(patience=4)", ["p0", "p1"], [0.85, 0.88])]
+    text = verdict(separated)
+    assert "By policy, at that budget: tpe+median mean 0.7500 over 2 searches (0.7000 to 0.8000); " \
+           "tpe+patient(patience=4) mean 0.8650 over 2 searches (0.8500 to 0.8800)." in text
+    assert "Every tpe+median search was ahead of every tpe+patient(patience=4) search." in text
+    # p0's 0.5 came after the budget: it does not count; with p1 at 0.75 the policies overlap
+    overlapping = compare_studies([_search("m0", MEDIAN, [1.0, 0.9, 0.8]), _search("p0", PATIENT, [1.0, 0.95, 0.85]),
+                                   _search("m1", MEDIAN, [0.7, 0.9, 0.82]), _search("p1", PATIENT, [0.9, 0.75])])
+    assert "The searches of tpe+median and tpe+patient(patience=4) overlap: 2 and 2 searches do not rank these " \
+           "two policies." in verdict(overlapping)
+    # one search per policy: a number, and the warning that it rests on one search
+    single = verdict(compare_studies([_search("m0", MEDIAN, [0.8]), _search("p0", PATIENT, [0.9])]))
+    assert "Each policy here rests on one search" in single and "By policy" not in single
+    # a search with no complete trial by the budget counts as such, not as a value
+    p1 = _in_memory_study("p1", {"sampler": "tpe", "pruner": "patient", "policy": PATIENT}, [
+        _trial(TrialState.PRUNED, 10, 0.5, train=10, prep=0, steps=10, last=0.5),
+        _trial(TrialState.COMPLETE, 20, 0.7, train=10, prep=0, steps=100)])
+    late = verdict(compare_studies([_search("m0", MEDIAN, [0.8]), _search("p0", PATIENT, [0.9]), p1]))
+    assert "tpe+patient(patience=4) 0.9000 (1 of 2 searches with a complete trial by then)" in late
+    # one policy searched twice: its spread, and nothing to rank
+    spread = verdict(compare_studies([_search("m0", MEDIAN, [0.8]), _search("m1", MEDIAN, [0.7])]))
+    assert "By policy, at that budget: tpe+median mean 0.7500 over 2 searches (0.7000 to 0.8000)." in spread
+    assert "ahead of every" not in spread and "rests on one search" not in spread
+
+
 # ---------------------------------------------------------------------- comparing studies: the real CLI
 RANDOM_STUDY = "smoke-random"
 

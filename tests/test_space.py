@@ -126,6 +126,41 @@ def test_sampler_and_pruner_options_reach_optuna():
     assert grid.grid_space() == {"mlp": ["gelu", "swiglu"], "n_layer": [2, 4]}
 
 
+def _study_with_curves(curves: list[list[float]]) -> optuna.Study:
+    study = optuna.create_study(direction="minimize")
+    for curve in curves:
+        study.add_trial(optuna.trial.create_trial(value=curve[-1], intermediate_values=dict(enumerate(curve))))
+    return study
+
+
+def test_the_patient_pruner_lets_an_improving_trial_below_the_median_run_on():
+    """`patient`: the median rule, applied only once a trial has stopped improving for `patience`
+    evaluations. Two trials that sit above (worse than) every complete trial's curve: the one
+    still falling runs on, the one that has stalled is pruned; the plain median prunes both."""
+    space = parse({**MINIMAL, "pruner": {"name": "patient", "patience": 2, "n_startup_trials": 2,
+                                         "n_warmup_steps": 1}})
+    patient, median = space.make_pruner(), parse({**MINIMAL, "pruner": {"name": "median", "n_startup_trials": 2,
+                                                                        "n_warmup_steps": 1}}).make_pruner()
+    study = _study_with_curves([[3.0, 2.0, 1.5, 1.2, 1.0, 0.9]] * 3)
+    verdicts = {}
+    for name, curve in (("falling", [4.0, 3.6, 3.2, 2.9, 2.6]), ("stalled", [4.0, 3.0, 3.1, 3.05, 3.2])):
+        trial = study.ask()
+        for step, value in enumerate(curve):
+            trial.report(value, step)
+        frozen = study.get_trials(deepcopy=False)[trial.number]
+        verdicts[name] = (patient.prune(study, frozen), median.prune(study, frozen))
+    assert verdicts == {"falling": (False, True), "stalled": (True, True)}
+
+
+def test_the_patient_pruners_options_are_checked_at_load():
+    with pytest.raises(SpaceError, match=r"'pruner.wrapped_pruner': not an option of mainrun's PatientMedianPruner"):
+        parse({**MINIMAL, "pruner": {"name": "patient", "wrapped_pruner": "median"}})
+    with pytest.raises(SpaceError, match=r"'pruner.patience': must be an integer"):
+        parse({**MINIMAL, "pruner": {"name": "patient", "patience": 1.5}})
+    with pytest.raises(SpaceError, match=r"refused these options: .*patience"):
+        parse({**MINIMAL, "pruner": {"name": "patient", "patience": -1}})
+
+
 @pytest.mark.parametrize("doc, key, words", [
     ({"params": {"lr": {"low": 1e-2, "high": 1e-4}}}, "params.lr", "less than"),
     ({"params": {"lr": {"low": 0.0, "high": 1e-2, "log": True}}}, "params.lr", "low > 0"),

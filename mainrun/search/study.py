@@ -113,6 +113,7 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
         study.set_user_attr("space_yaml", space.text)
         study.set_user_attr("sampler", space.sampler["name"])
         study.set_user_attr("pruner", space.pruner["name"])
+        study.set_user_attr("policy", {"sampler": space.sampler, "pruner": space.pruner})   # with options
         study.set_user_attr("dataset", base.dataset)
         study.set_user_attr("titles_sha256", data.titles_sha256)
         study.set_user_attr("mainrun_version", __version__)
