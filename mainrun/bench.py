@@ -8,6 +8,7 @@
     python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/mainrun.db --jobs 3
     python -m mainrun.bench --dataset titles.txt --search search_spaces/arch.yaml --trials 40 --jobs 6 \
         --pruner median,successive_halving,hyperband,patient --seed 0,1 --studies pruners/
+    python -m mainrun.bench --dataset titles.txt --replay arch --replay-storage sqlite:///studies/mainrun.db --jobs 6 --mps
     python -m mainrun.bench --dataset titles.txt --runs baseline:bf16 --checkpoint
     python -m mainrun.bench --dataset titles.txt --soak 300 --storage postgresql+psycopg://user@host/db
 
@@ -25,6 +26,7 @@ It is a benchmark, not a test: nothing here asserts a time.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import multiprocessing
@@ -34,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .bench_search import CACHE_CHOICES, print_search_rows, replay_throughput, search_throughput
+from .bench_search import CACHE_CHOICES, CudaMps, print_search_rows, replay_throughput, search_throughput
 from .checkpoint import CHECKPOINT_SHARE, Checkpointer, fingerprint
 from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
@@ -126,6 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", default="0", metavar="SEED[,SEED]",
                         help="with --search: sampler seed; several repeat each search once per seed "
                              "(default: %(default)s)")
+    parser.add_argument("--mps", action="store_true",
+                        help="with --search or --replay: run the workers through CUDA MPS (a control daemon started "
+                             "for the bench and stopped after it), to measure whether MPS helps several workers "
+                             "share one GPU")
     parser.add_argument("--parallel", type=int, default=1, metavar="N",
                         help="run N of the configs at once on the device, each in its own process: for val losses "
                              "(ablations) in less wall time; their times then share the device (default: 1)")
@@ -168,19 +174,26 @@ def main(argv: list[str] | None = None) -> int:
         if min(jobs) < 1 or len(set(jobs)) < len(jobs):
             parser.error(f"--jobs {args.jobs!r}: each worker count at least 1, and each once (a repeated "
                          "count would resume the finished study)")
+        samplers, pruners, seeds = _policy_lists(parser, args)
         try:
-            if args.replay:
-                rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
-                                         args.device, args.cache_dir, args.first, args.inductor_cache, args.studies)
-            else:
-                samplers, pruners, seeds = _policy_lists(parser, args)
-                rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, pruners, seeds,
-                                         args.device, args.cache_dir, args.inductor_cache, args.studies, samplers)
+            with CudaMps() if args.mps else contextlib.nullcontext() as mps:
+                if args.replay:
+                    rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
+                                             args.device, args.cache_dir, args.first, args.inductor_cache,
+                                             args.studies)
+                else:
+                    rows = search_throughput(args.search, args.dataset, args.trials or 8, jobs, pruners, seeds,
+                                             args.device, args.cache_dir, args.inductor_cache, args.studies, samplers)
         except MainrunError as e:
             parser.exit(2, f"error: {e}\n")
+        for r in rows:
+            r["mps"] = bool(mps and mps.served)
         print_search_rows(rows)
+        if mps:
+            print(f"\nMPS: on ({len(mps.servers_seen)} MPS server(s) served the workers)" if mps.served else
+                  "\nMPS: the daemon ran, but no worker went through it: these rows ran without MPS")
         _write_json(args.json, rows)
-        return 0 if all(r["exit_code"] == 0 for r in rows) else 1
+        return 0 if all(r["exit_code"] == 0 for r in rows) and (not mps or mps.served) else 1
 
     try:
         runs = _ablation_runs(args.base, args.ablate, args.dataset) if args.base else \

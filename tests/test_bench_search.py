@@ -3,6 +3,7 @@ back from their studies. Nothing here asserts a time; the benchmark is for the G
 from __future__ import annotations
 
 import html
+import json
 import os
 import re
 import subprocess
@@ -100,3 +101,68 @@ def test_replaying_a_study_without_configs_or_of_several_datasets_exits_2(tmp_pa
     proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", str(titles_file), "--replay", "mixed",
                            "--replay-storage", url], capture_output=True, text=True, cwd=tmp_path, timeout=120)
     assert proc.returncode == 2 and "trial 1 of study 'mixed' prepares other data than trial 0" in proc.stderr
+
+
+# A stand-in for nvidia-cuda-mps-control (no GPU in CI): it logs what the bench asks of it, and
+# lists a server only when told to, as the real daemon does once a CUDA context went through it.
+FAKE_MPS_CONTROL = """#!/bin/sh
+if [ "$1" = "-d" ]; then
+    echo "start $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY" >> "$FAKE_MPS_LOG"
+    [ "$FAKE_MPS_START" = fail ] && { echo "An instance of this daemon is already running" >&2; exit 1; }
+    exit 0
+fi
+read line
+echo "$line" >> "$FAKE_MPS_LOG"
+[ "$line" = get_server_list ] && [ "$FAKE_MPS_SERVES" = 1 ] && echo 4242
+exit 0
+"""
+
+
+@pytest.mark.parametrize("serves", [True, False])
+def test_mps_runs_the_bench_through_a_daemon_and_says_whether_it_served(tmp_path, titles_file, serves):
+    """--mps starts the control daemon with its pipe and log folders in the environment the
+    workers inherit, asks it for its servers while the bench runs, and quits it at the end. A
+    CUDA program that misses the daemon runs without MPS silently, so a bench that no server
+    served says so and exits 1."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    log = tmp_path / "mps.log"
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_MPS_LOG": str(log),
+           "FAKE_MPS_SERVES": "1" if serves else "0"}
+    out = tmp_path / "rows.json"
+    proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", str(titles_file), "--search",
+                           str(SPACES / "smoke.yaml"), "--trials", "1", "--pruner", "none", "--mps", "--json", str(out)],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=600)
+    lines = log.read_text().splitlines()
+    start = lines[0].split()
+    assert start[0] == "start" and start[1].endswith("/pipe") and start[2].endswith("/log")
+    assert "mainrun-mps-" in start[1] and lines[-1] == "quit" and "get_server_list" in lines
+    (row,) = json.loads(out.read_text())
+    if serves:
+        assert proc.returncode == 0 and row["mps"] is True, proc.stdout + proc.stderr
+        assert "MPS: on (1 MPS server(s) served the workers)" in proc.stdout
+    else:
+        assert proc.returncode == 1 and row["mps"] is False and row["exit_code"] == 0
+        assert "MPS: the daemon ran, but no worker went through it" in proc.stdout
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ
+
+
+def test_mps_that_cannot_start_exits_2_before_anything_runs(tmp_path, titles_file):
+    args = [sys.executable, "-m", "mainrun.bench", "--dataset", str(titles_file), "--search", str(SPACES / "smoke.yaml"),
+            "--mps", "--studies", str(tmp_path / "kept")]
+    bare = {**os.environ, "PATH": os.path.dirname(sys.executable)}          # no nvidia-cuda-mps-control
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=bare, timeout=120)
+    assert proc.returncode == 2 and "CUDA MPS is not on this machine" in proc.stderr, proc.stderr
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
+    (bin_dir / "nvidia-cuda-mps-control").chmod(0o755)
+    failing = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_MPS_LOG": str(tmp_path / "mps.log"),
+               "FAKE_MPS_START": "fail"}
+    proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=failing, timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "the MPS control daemon did not start (exit 1): An instance of this daemon is already running" in proc.stderr
+    assert not (tmp_path / "kept").exists()
