@@ -391,16 +391,30 @@ def _curve_xy(curve: list[tuple[float, float | None]]) -> tuple[list[float], lis
     return [x for x, _ in points], [y for _, y in points]
 
 
+DASHES = ("solid", "dash", "dot", "dashdot")        # the searches of one policy (plotly's names)
+MPL_DASHES = {"solid": "-", "dash": "--", "dot": ":", "dashdot": "-."}
+
+
+def line_styles(cmp: Comparison) -> dict[str, tuple[int, str]]:
+    """Study name -> (colour index, dash): one colour per policy, one dash per search of it, so
+    that repeated searches read as one policy in the plots."""
+    return {r.name: (g, DASHES[k % len(DASHES)]) for g, group in enumerate(cmp.groups)
+            for k, r in enumerate(group.studies)}
+
+
 def comparison_figure(cmp: Comparison):
     """plotly: each study's best-so-far against cumulative device-seconds, and the equal budget."""
+    import plotly.colors
     import plotly.graph_objects as go
 
+    palette, styles = plotly.colors.qualitative.Plotly, line_styles(cmp)
     fig = go.Figure()
     for r in cmp.studies:
         xs, ys = _curve_xy(r.curve)
+        colour, dash = styles[r.name]
         hover = f"{html.escape(r.label)}<br>%{{x:,.1f}} {cmp.unit}<br>best %{{y:.4f}}<extra></extra>"
         fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines+markers", line_shape="hv", name=html.escape(r.label),
-                                 hovertemplate=hover))
+                                 line=dict(color=palette[colour % len(palette)], dash=dash), hovertemplate=hover))
     fig.add_vline(x=cmp.budget_seconds, line=dict(color="#555", dash="dash", width=1.5),
                   annotation_text=f"equal budget {seconds_amount(cmp.budget_seconds)} {cmp.unit}",
                   annotation_position="top right")
@@ -418,9 +432,12 @@ def write_comparison_png(cmp: Comparison, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(10, 6))
+    styles = line_styles(cmp)
     for r in cmp.studies:
         xs, ys = _curve_xy(r.curve)
-        ax.plot(xs, ys, drawstyle="steps-post", marker="o", markersize=3, label=r.label)
+        colour, dash = styles[r.name]
+        ax.plot(xs, ys, drawstyle="steps-post", marker="o", markersize=3, label=r.label, color=f"C{colour % 10}",
+                linestyle=MPL_DASHES[dash])
     ax.axvline(cmp.budget_seconds, color="#555", linestyle="--", linewidth=1.2,
                label=f"equal budget {seconds_amount(cmp.budget_seconds)} {cmp.unit}")
     ax.set(title="Best value so far against device time spent", xlabel=f"{cmp.unit} spent (cumulative)",

@@ -169,6 +169,12 @@ def test_repeated_searches_are_compared_by_policy():
                                    _search("m1", MEDIAN, [0.7, 0.9, 0.82]), _search("p1", PATIENT, [0.9, 0.75])])
     assert "The searches of tpe+median and tpe+patient(patience=4) overlap: 2 and 2 searches do not rank these " \
            "two policies." in verdict(overlapping)
+    # the plots draw a policy in one colour, its searches in different dashes
+    from mainrun.compare import comparison_figure, line_styles
+    assert line_styles(separated) == {"m0": (0, "solid"), "m1": (0, "dash"), "p0": (1, "solid"), "p1": (1, "dash")}
+    lines = {t.name: t.line for t in comparison_figure(separated).data}
+    assert lines["tpe+median (m0)"].color == lines["tpe+median (m1)"].color != lines["tpe+patient (p0)"].color
+    assert (lines["tpe+median (m0)"].dash, lines["tpe+median (m1)"].dash) == ("solid", "dash")
     # one search per policy: a number, and the warning that it rests on one search
     single = verdict(compare_studies([_search("m0", MEDIAN, [0.8]), _search("p0", PATIENT, [0.9])]))
     assert "Each policy here rests on one search" in single and "By policy" not in single
