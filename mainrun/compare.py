@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import inspect
+import json
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,12 +259,36 @@ def compare_studies(studies: list[optuna.Study]) -> Comparison:
         r.seconds_to_target = seconds_to_reach(r.curve, target, minimize)
     units = {r.unit for r in results}
     names = studies[0].metric_names
+    name_spaces(results, [s.user_attrs for s in studies])
     groups: dict[str, PolicyGroup] = {}
     for r in results:
         groups.setdefault(r.policy, PolicyGroup(r.policy, [])).studies.append(r)
     return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
                       unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC,
                       caveats=caveats(studies), groups=list(groups.values()))
+
+
+def _space_signature(attrs: dict[str, Any]) -> str | None:
+    """What the study searched: its recorded space's params and fixed fields (not its policy,
+    its enqueued configs or its comments). None: no readable recorded space."""
+    space = _recorded_space(attrs.get("space_yaml"))
+    if space is None:
+        return None
+    return json.dumps({"params": space.get("params"), "fixed": space.get("fixed")}, sort_keys=True, default=str)
+
+
+def name_spaces(results: list[StudyResult], attrs: list[dict[str, Any]]) -> None:
+    """Searches of one policy in different spaces are not repeats of one another: where the
+    compared studies searched more than one space, each policy gets its space's file name
+    ("tpe+median on arch"; numbered where two different spaces share a name)."""
+    signatures = [_space_signature(a) for a in attrs]
+    if len(set(signatures)) < 2:
+        return
+    stems = {sig: Path(str(a.get("space_file") or "unknown space")).stem for sig, a in zip(signatures, attrs)}
+    spaces_named = {stem: [sig for sig in stems if stems[sig] == stem] for stem in stems.values()}
+    for r, sig in zip(results, signatures):
+        named = spaces_named[stems[sig]]
+        r.policy += f" on {stems[sig]}" + (f" #{named.index(sig) + 1}" if len(named) > 1 else "")
 
 
 def caveats(studies: list[optuna.Study]) -> list[str]:

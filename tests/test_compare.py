@@ -190,6 +190,25 @@ def test_repeated_searches_are_compared_by_policy():
     assert "ahead of every" not in spread and "rests on one search" not in spread
 
 
+def test_searches_of_one_policy_in_different_spaces_are_not_repeats():
+    """Same policy, other params: two policies named by their space files, not one searched
+    twice. A space that differs only in its comments, policy or enqueued configs is the same."""
+    from mainrun.compare import compare_studies
+    arch = "params:\n  lr: {low: 1.0e-4, high: 1.0e-2, log: true}\n"
+    studies = [_search(name, MEDIAN, [value]) for name, value in (("a0", 0.8), ("a1", 0.7), ("b0", 0.9), ("c0", 0.6))]
+    for study, (file, text) in zip(studies, (("spaces/arch.yaml", arch),
+                                             ("spaces/arch.yaml", "# a comment\n" + arch + "enqueue: [baseline]\n"),
+                                             ("optim.yaml", arch.replace("1.0e-2", "3.0e-2")),
+                                             ("old/arch.yaml", arch + "fixed: {dropout: 0.0}\n"))):
+        study.set_user_attr("space_file", file)
+        study.set_user_attr("space_yaml", text)
+    cmp = compare_studies(studies)
+    assert [(g.policy, [r.name for r in g.studies]) for g in cmp.groups] == [
+        ("tpe+median on arch #1", ["a0", "a1"]), ("tpe+median on optim", ["b0"]), ("tpe+median on arch #2", ["c0"])]
+    same = compare_studies(studies[:2])
+    assert [g.policy for g in same.groups] == ["tpe+median"] and same.repeated
+
+
 # ---------------------------------------------------------------------- comparing studies: the real CLI
 RANDOM_STUDY = "smoke-random"
 
