@@ -320,6 +320,13 @@ def _leader_at_budget(cmp: Comparison) -> str:
 
 
 def _pruning_sentences(cmp: Comparison) -> list[str]:
+    """What pruning saved: per study, or per policy (one share per search) where some policy was
+    searched more than once."""
+    if cmp.repeated:
+        shares = [f"{g.policy} " + ("does not prune" if g.studies[0].pruner == "none" else
+                                    " and ".join(percent(r.saved_seconds, r.unpruned_seconds) for r in g.studies))
+                  for g in cmp.groups]
+        return [f"Pruning saved, of each search's device time, by policy: {'; '.join(shares)}."]
     said = []
     for r in cmp.studies:
         if r.pruner == "none":

@@ -164,6 +164,9 @@ def test_repeated_searches_are_compared_by_policy():
     assert "By policy, at that budget: tpe+median mean 0.7500 over 2 searches (0.7000 to 0.8000); " \
            "tpe+patient(patience=4) mean 0.8650 over 2 searches (0.8500 to 0.8800)." in text
     assert "Every tpe+median search was ahead of every tpe+patient(patience=4) search." in text
+    # what pruning saved, once per policy (these hand-built searches pruned nothing)
+    assert "Pruning saved, of each search's device time, by policy: tpe+median 0% and 0%; " \
+           "tpe+patient(patience=4) 0% and 0%." in text and "saved nothing by pruning" not in text
     # p0's 0.5 came after the budget: it does not count; with p1 at 0.75 the policies overlap
     overlapping = compare_studies([_search("m0", MEDIAN, [1.0, 0.9, 0.8]), _search("p0", PATIENT, [1.0, 0.95, 0.85]),
                                    _search("m1", MEDIAN, [0.7, 0.9, 0.82]), _search("p1", PATIENT, [0.9, 0.75])])
