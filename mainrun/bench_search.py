@@ -146,16 +146,16 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
                       studies: str | None = None, samplers: list[str | None] = (None,)) -> list[dict]:
     """One fresh search per worker count, sampler, pruner and seed (None: the space's own), each
     a study in one SQLite file (in `studies`, or a scratch folder). Several samplers or pruners,
-    each with several seeds, make a policy comparison: its closing line is the command that
-    compares them at an equal budget, by policy."""
+    each with several seeds, make a policy comparison (print_search_rows ends with the command
+    that compares them at an equal budget, by policy)."""
     from .search import SearchOptions, run_search
     scratch = studies_folder(studies, "bench.db", "mainrun-bench-")
     storage = f"sqlite:///{scratch / 'bench.db'}"
     rows = []
     for n, sampler, pruner, seed in itertools.product(jobs, samplers, pruners, seeds):
         # a part of the name only where the bench varies it, so a plain bench keeps 'bench-jobsN'
-        varied = [f"{sampler}" if len(samplers) > 1 else "", f"{pruner}" if len(pruners) > 1 else "",
-                  f"seed{seed}" if len(seeds) > 1 else ""]
+        varied = [sampler if len(samplers) > 1 else None, pruner if len(pruners) > 1 else None,
+                  f"seed{seed}" if len(seeds) > 1 else None]
         name = "-".join([f"bench-jobs{n}", *filter(None, varied)])
         opts = SearchOptions(space=space, trials=trials, storage=StorageSettings(storage), study=name,
                              dataset=dataset, device=device, jobs=n, seed=seed, sampler=sampler, pruner=pruner,
