@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from .bench_search import CACHE_CHOICES, CudaMps, print_search_rows, replay_throughput, search_throughput
+from .bench_search import CACHE_CHOICES, cuda_mps, print_search_rows, replay_throughput, search_throughput
 from .checkpoint import CHECKPOINT_SHARE, Checkpointer, fingerprint
 from .config import PRESETS, RunConfig, parse_overrides
 from .data import prepare_data
@@ -68,6 +68,13 @@ def gpu_peak() -> float | None:
     return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu_name()), None)
 
 
+def _comma_ints(parser: argparse.ArgumentParser, flag: str, raw: str, expected: str) -> list[int]:
+    try:
+        return [int(v) for v in raw.split(",")]
+    except ValueError:
+        parser.error(f"{flag} {raw!r}: expected {expected}")
+
+
 def _policy_lists(parser: argparse.ArgumentParser, args) -> tuple[list, list, list[int]]:
     """--sampler, --pruner and --seed as lists (each value once: a repeat would resume its study)."""
     def names(flag: str, raw: str | None, known: dict) -> list[str | None]:
@@ -80,10 +87,7 @@ def _policy_lists(parser: argparse.ArgumentParser, args) -> tuple[list, list, li
         if len(set(values)) < len(values):
             parser.error(f"{flag} {raw!r}: each name once")
         return values
-    try:
-        seeds = [int(v) for v in args.seed.split(",")]
-    except ValueError:
-        parser.error(f"--seed {args.seed!r}: expected sampler seeds such as 0,1")
+    seeds = _comma_ints(parser, "--seed", args.seed, "sampler seeds such as 0,1")
     if len(set(seeds)) < len(seeds):
         parser.error(f"--seed {args.seed!r}: each seed once (a repeated seed would resume the finished study)")
     return names("--sampler", args.sampler, SAMPLERS), names("--pruner", args.pruner, PRUNERS), seeds
@@ -167,16 +171,13 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(str(e))
         return profile(cfg, args.device, args.cache_dir)
     if args.search or args.replay:
-        try:
-            jobs = [int(j) for j in args.jobs.split(",")]
-        except ValueError:
-            parser.error(f"--jobs {args.jobs!r}: expected worker counts such as 1,2,3")
+        jobs = _comma_ints(parser, "--jobs", args.jobs, "worker counts such as 1,2,3")
         if min(jobs) < 1 or len(set(jobs)) < len(jobs):
             parser.error(f"--jobs {args.jobs!r}: each worker count at least 1, and each once (a repeated "
                          "count would resume the finished study)")
         samplers, pruners, seeds = _policy_lists(parser, args)
         try:
-            with CudaMps() if args.mps else contextlib.nullcontext() as mps:
+            with cuda_mps() if args.mps else contextlib.nullcontext() as mps:
                 if args.replay:
                     rows = replay_throughput(args.replay_storage or DEFAULT_STORAGE, args.replay, args.dataset, jobs,
                                              args.device, args.cache_dir, args.first, args.inductor_cache,

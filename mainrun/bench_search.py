@@ -46,82 +46,89 @@ CACHE_CHOICES = ("as-is", "empty")
 
 
 @contextlib.contextmanager
-def inductor_cache(kind: str):
-    """`empty`: torch.compile's caches in a new temporary folder for the duration (spawned
-    workers inherit the variable); `as-is`: the machine's own."""
-    if kind == "as-is":
-        yield
-        return
-    previous = os.environ.get("TORCHINDUCTOR_CACHE_DIR")
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="mainrun-inductor-")
+def environment(values: dict[str, str]):
+    """These environment variables for the duration (spawned workers inherit them), then each
+    back to what it was (unset if it was)."""
+    previous = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        if previous is None:
-            os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
-        else:
-            os.environ["TORCHINDUCTOR_CACHE_DIR"] = previous
-
-
-class CudaMps:
-    """CUDA MPS for the duration: one control daemon, its pipes and logs in a new temporary folder
-    that the spawned workers find through the environment, so that their CUDA contexts share
-    the GPU through one MPS server instead of time-slicing it. A CUDA program that cannot reach
-    the daemon runs without MPS and says nothing, so a thread asks the daemon for its servers
-    every few seconds: `served` says whether any worker went through one."""
-
-    PIPE, LOG = "CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"
-    POLL_SECONDS = 2.0
-
-    def __init__(self) -> None:
-        self.control = shutil.which("nvidia-cuda-mps-control")
-        if self.control is None:
-            raise SearchError("--mps: CUDA MPS is not on this machine (no nvidia-cuda-mps-control on the PATH)")
-        self.folder = Path(tempfile.mkdtemp(prefix="mainrun-mps-"))
-        self.servers_seen: set[str] = set()
-        self._previous: dict[str, str | None] = {}
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="mps-poll", daemon=True)
-
-    def __enter__(self) -> "CudaMps":
-        for name, sub in ((self.PIPE, "pipe"), (self.LOG, "log")):
-            (self.folder / sub).mkdir()
-            self._previous[name] = os.environ.get(name)
-            os.environ[name] = str(self.folder / sub)
-        started = subprocess.run([self.control, "-d"], capture_output=True, text=True, timeout=60)
-        if started.returncode != 0:
-            self._restore()
-            shutil.rmtree(self.folder, ignore_errors=True)
-            raise SearchError(f"--mps: the MPS control daemon did not start (exit {started.returncode}): "
-                              f"{(started.stderr or started.stdout).strip() or 'no message'}")
-        self._poller.start()
-        return self
-
-    @property
-    def served(self) -> bool:
-        return bool(self.servers_seen)
-
-    def _command(self, line: str) -> str:
-        return subprocess.run([self.control], input=line + "\n", capture_output=True, text=True, timeout=60).stdout
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.POLL_SECONDS):
-            self.servers_seen.update(self._command("get_server_list").split())
-
-    def _restore(self) -> None:
-        for name, value in self._previous.items():
+        for name, value in previous.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
 
-    def __exit__(self, *exc) -> None:
+
+def inductor_cache(kind: str):
+    """`empty`: torch.compile's caches in a new temporary folder for the duration (spawned
+    workers inherit the variable); `as-is`: the machine's own."""
+    if kind == "as-is":
+        return contextlib.nullcontext()
+    return environment({"TORCHINDUCTOR_CACHE_DIR": tempfile.mkdtemp(prefix="mainrun-inductor-")})
+
+
+class MpsWatch:
+    """Asks the MPS control daemon for its servers every few seconds, from a thread, while the
+    bench runs: a CUDA program that cannot reach the daemon runs without MPS and says nothing,
+    so `served` is the check that some worker went through MPS."""
+
+    POLL_SECONDS = 2.0
+
+    def __init__(self, control: str) -> None:
+        self.control = control
+        self.servers_seen: set[str] = set()
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="mps-poll", daemon=True)
+        self._poller.start()
+
+    @property
+    def served(self) -> bool:
+        return bool(self.servers_seen)
+
+    def command(self, line: str) -> str:
+        return subprocess.run([self.control], input=line + "\n", capture_output=True, text=True, timeout=60).stdout
+
+    def _look(self) -> None:
+        self.servers_seen.update(self.command("get_server_list").split())
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.POLL_SECONDS):
+            self._look()
+
+    def stop(self) -> None:
         self._stop.set()
         self._poller.join()
-        self.servers_seen.update(self._command("get_server_list").split())
-        self._command("quit")
-        self._restore()
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._look()
+
+
+@contextlib.contextmanager
+def cuda_mps():
+    """CUDA MPS for the duration: one control daemon, its pipes and logs in a new temporary folder
+    that the spawned workers find through the environment, so that their CUDA contexts share
+    the GPU through one MPS server instead of time-slicing it. Yields the MpsWatch that says
+    whether any worker went through it; the daemon is told to quit at the end."""
+    control = shutil.which("nvidia-cuda-mps-control")
+    if control is None:
+        raise SearchError("--mps: CUDA MPS is not on this machine (no nvidia-cuda-mps-control on the PATH)")
+    folder = Path(tempfile.mkdtemp(prefix="mainrun-mps-"))
+    try:
+        (pipe := folder / "pipe").mkdir()
+        (log := folder / "log").mkdir()
+        with environment({"CUDA_MPS_PIPE_DIRECTORY": str(pipe), "CUDA_MPS_LOG_DIRECTORY": str(log)}):
+            started = subprocess.run([control, "-d"], capture_output=True, text=True, timeout=60)
+            if started.returncode != 0:
+                raise SearchError(f"--mps: the MPS control daemon did not start (exit {started.returncode}): "
+                                  f"{(started.stderr or started.stdout).strip() or 'no message'}")
+            watch = MpsWatch(control)
+            try:
+                yield watch
+            finally:
+                watch.stop()
+                watch.command("quit")
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def studies_folder(studies: str | None, db_name: str, prefix: str) -> Path:

@@ -113,7 +113,10 @@ class Comparison:
 def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
     """(sampler, pruner) names: the study's "sampler"/"pruner" user attrs, else the recorded space
     file's `sampler: {name: ...}` / `pruner: {name: ...}` (defaults tpe / median), else "?"."""
-    space = _recorded_space(attrs.get("space_yaml"))
+    return _policy_names(attrs, _recorded_space(attrs.get("space_yaml")))
+
+
+def _policy_names(attrs: dict[str, Any], space: dict | None) -> tuple[str, str]:
     return (_policy_name(attrs.get("sampler"), space, "sampler", DEFAULT_SAMPLER),
             _policy_name(attrs.get("pruner"), space, "pruner", DEFAULT_PRUNER))
 
@@ -123,10 +126,10 @@ def policy_label(attrs: dict[str, Any]) -> str:
     "tpe+median(n_warmup_steps=6)": the study's recorded "policy" attr, else (an older study) its
     recorded space file's options where that names the recorded sampler or pruner."""
     recorded = attrs.get("policy") if isinstance(attrs.get("policy"), dict) else {}
-    space = _recorded_space(attrs.get("space_yaml")) or {}
+    space = _recorded_space(attrs.get("space_yaml"))
     parts = []
-    for key, name, table in zip(("sampler", "pruner"), study_policy(attrs), (SAMPLERS, PRUNERS)):
-        spec = recorded.get(key, space.get(key))
+    for key, name, table in zip(("sampler", "pruner"), _policy_names(attrs, space), (SAMPLERS, PRUNERS)):
+        spec = recorded.get(key, (space or {}).get(key))
         spec_name = spec.get("name", DEFAULT_SAMPLER if key == "sampler" else DEFAULT_PRUNER) \
             if isinstance(spec, dict) else None
         parts.append(name + (_options_text(table, name, spec) if spec_name == name else ""))

@@ -118,20 +118,24 @@ exit 0
 """
 
 
+def _fake_mps_on_path(tmp_path, **env: str) -> dict[str, str]:
+    """The environment with the stand-in daemon first on the PATH, logging to tmp_path/mps.log."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    return {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_MPS_LOG": str(tmp_path / "mps.log"), **env}
+
+
 @pytest.mark.parametrize("serves", [True, False])
 def test_mps_runs_the_bench_through_a_daemon_and_says_whether_it_served(tmp_path, titles_file, serves):
     """--mps starts the control daemon with its pipe and log folders in the environment the
     workers inherit, asks it for its servers while the bench runs, and quits it at the end. A
     CUDA program that misses the daemon runs without MPS silently, so a bench that no server
     served says so and exits 1."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    control = bin_dir / "nvidia-cuda-mps-control"
-    control.write_text(FAKE_MPS_CONTROL)
-    control.chmod(0o755)
+    env = _fake_mps_on_path(tmp_path, FAKE_MPS_SERVES="1" if serves else "0")
     log = tmp_path / "mps.log"
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_MPS_LOG": str(log),
-           "FAKE_MPS_SERVES": "1" if serves else "0"}
     out = tmp_path / "rows.json"
     proc = subprocess.run([sys.executable, "-m", "mainrun.bench", "--dataset", str(titles_file), "--search",
                            str(SPACES / "smoke.yaml"), "--trials", "1", "--pruner", "none", "--mps", "--json", str(out)],
@@ -156,12 +160,7 @@ def test_mps_that_cannot_start_exits_2_before_anything_runs(tmp_path, titles_fil
     bare = {**os.environ, "PATH": os.path.dirname(sys.executable)}          # no nvidia-cuda-mps-control
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=bare, timeout=120)
     assert proc.returncode == 2 and "CUDA MPS is not on this machine" in proc.stderr, proc.stderr
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    (bin_dir / "nvidia-cuda-mps-control").write_text(FAKE_MPS_CONTROL)
-    (bin_dir / "nvidia-cuda-mps-control").chmod(0o755)
-    failing = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_MPS_LOG": str(tmp_path / "mps.log"),
-               "FAKE_MPS_START": "fail"}
+    failing = _fake_mps_on_path(tmp_path, FAKE_MPS_START="fail")
     proc = subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=failing, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "the MPS control daemon did not start (exit 1): An instance of this daemon is already running" in proc.stderr
