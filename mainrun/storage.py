@@ -116,7 +116,7 @@ def check_storage_url(url: str):
 def study_lock(storage_url: str, kind: str, study_name: str):
     """A lock that every process using this study holds in turn. On PostgreSQL an advisory lock in
     the database itself, so processes on different machines exclude each other too; on SQLite (a
-    file on one machine) a machine_lock. Both: acquire(), release(force=...), is_locked."""
+    file on one machine) a machine_lock. Both: acquire(), release(force=...), is_locked, and `with`."""
     from sqlalchemy.engine import make_url
     if make_url(storage_url).get_backend_name() == "postgresql":
         return AdvisoryLock(storage_url, f"mainrun-{kind}\0{study_name}")
@@ -162,6 +162,13 @@ class AdvisoryLock:
             conn.invalidate()
         finally:
             conn.close()
+
+    def __enter__(self) -> "AdvisoryLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 def machine_lock(kind: str, key: str, timeout: float = -1):

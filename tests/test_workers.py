@@ -496,6 +496,9 @@ def test_the_admission_lock_is_the_databases_on_postgresql_and_a_file_on_sqlite(
         assert lock.is_locked and not free()
         lock.release()
         assert not lock.is_locked and free()
+        with lock:                 # as workers use it
+            assert not free()
+        assert free()
         assert study_lock(pg_url, "admission", "other study").key != lock.key
     finally:
         lock.release()

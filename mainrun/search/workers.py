@@ -313,11 +313,8 @@ def _fail_stale_admitted(study: optuna.Study, admission) -> None:
     lost trial and enqueueing its retry are two writes: an admission check between them would
     count neither, admit a fresh trial into the lost one's slot, and leave the retry WAITING when
     the study is full (found by the chaos soak on PostgreSQL). `admission`: the study_lock."""
-    admission.acquire()
-    try:
+    with admission:
         optuna.storages.fail_stale_trials(study)
-    finally:
-        admission.release()
 
 
 def _never_beat(storage: optuna.storages.BaseStorage, trials: list) -> list:
