@@ -165,25 +165,39 @@ def autocast(device: torch.device, precision: str):
     return contextlib.nullcontext()
 
 
+# A process keeps dynamo's compiled code from one run to the next, and drops it after this many
+# runs. Dynamo keeps at most recompile_limit compiled versions of a function (a run of a new shape
+# adds one) and past that runs it eagerly, which would change the run's values; the limit is
+# raised to twice this, so a worker never gets there.
+KEEP_COMPILED_RUNS = 16
+_compiled_runs = 0                      # runs compiled since the last reset, in this process
+
+
 def compile_model(model: GPT, mode: str) -> None:
     """torch.compile in place. 'regional' compiles each block (the blocks share one compiled
     graph, so compile time does not grow with depth) and the fp32 loss, where eager mode writes
     fp32 copies of the vocabulary-wide logits; 'model' compiles everything at once.
     Inductor's on-disk caches (TORCHINDUCTOR_CACHE_DIR, default /tmp/torchinductor_<user>)
     let any trial or worker on the machine load a graph another one already compiled, whatever
-    its dropout: the rate is an input of the graphs, not a constant (model.Dropout)."""
+    its dropout: the rate is an input of the graphs, not a constant (model.Dropout). Within one
+    process (a search worker) a shape trained before is not even traced again: its guards match
+    the new model, and the run gets the very same compiled code."""
+    global _compiled_runs
     if mode == "none":
         return
-    # A worker trains one architecture after another: start each run from a fresh in-process
-    # state, as a new process would. Otherwise dynamo counts each new width as a recompile of
-    # the same code, switches to dynamic shapes, and past its recompile limit runs eagerly.
-    torch.compiler.reset()
+    if _compiled_runs >= KEEP_COMPILED_RUNS:
+        torch.compiler.reset()
+        _compiled_runs = 0
+    _compiled_runs += 1
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 2 * KEEP_COMPILED_RUNS)
     # With dropout, attention runs uncompiled between two graphs (model.attention_with_dropout):
     # resume tracing inside the attention module after that break, as the module's own frame, so
     # that a block stays two graphs around it rather than four (process-wide; read when tracing).
     torch._dynamo.config.nested_graph_breaks = True
     for module in ([*model.blocks, model.loss] if mode == "regional" else [model]):
-        module.compile()
+        # dynamic=False: a new width compiles a static graph of its own, as in a fresh process,
+        # instead of a dynamic-shape recompile of the last width (other kernels, other values)
+        module.compile(dynamic=False)
 
 
 def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:

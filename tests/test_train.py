@@ -846,11 +846,21 @@ def test_compile_auto_runs_uncompiled_on_a_machine_without_a_c_compiler(tmp_path
     assert resolve_compile(RunConfig(), torch.device("cuda")) == "regional"
 
 
-def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch):
+@pytest.fixture
+def fresh_compile_state(monkeypatch):
+    """As in a new process: no compiled code kept from an earlier test's runs (compile_model)."""
+    import mainrun.train as train_mod
+    torch.compiler.reset()
+    monkeypatch.setattr(train_mod, "_compiled_runs", 0)
+
+
+def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_data, tmp_path, monkeypatch,
+                                                                            fresh_compile_state):
     """Regional compilation (each block, and the loss) of a real run on the CPU, evaluation
     included: the same curve as eager, up to the reordering of floating-point sums, with two
     graphs (block and loss, for training: scoring runs eagerly) and no graph break. A second trial
-    of the same shape in a fresh compile context loads inductor's compiled graphs from disk."""
+    of the same shape in the same process (a search worker's next trial) is not even traced
+    again, and one in a fresh compile context (another worker) loads inductor's graphs from disk."""
     from torch._dynamo.utils import counters
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg, data = tiny_data
@@ -867,29 +877,52 @@ def test_a_compiled_run_matches_eager_and_a_recompile_loads_from_the_cache(tiny_
     assert [v for _, v in compiled.curve] == pytest.approx([v for _, v in eager.curve], rel=SCORING_RTOL)
     assert counters["stats"]["unique_graphs"] == 2 and not counters["graph_break"]
     assert counters["inductor"]["fxgraph_cache_miss"] > 0 and any((tmp_path / "inductor").iterdir())
-    counters.clear()                                    # train() starts a fresh compile state, as a new process
+    counters.clear()
+    kept = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=None)
+    assert counters["stats"]["unique_graphs"] == 0 and not counters["inductor"]    # nothing traced or loaded
+    assert kept.curve == compiled.curve
+    torch.compiler.reset()                              # another worker: a fresh compile state
+    counters.clear()
     again = train(cfg.replace(compile="regional"), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
     assert again.curve == compiled.curve                # the same compiled code
 
 
-def test_each_compiled_run_starts_from_a_fresh_compile_state(tiny_data, tmp_path, monkeypatch):
-    """A search worker trains one architecture after another in one process. Each run must
-    compile as a fresh process would (static shapes, loaded from the disk cache when seen
-    before): without a reset, dynamo would count every new width as a recompile of the same
-    code, switch to dynamic shapes, and past its recompile limit run the blocks eagerly."""
+def test_a_worker_keeps_the_shapes_it_compiled_and_each_run_gets_the_values_of_a_fresh_process(
+        tiny_data, tmp_path, monkeypatch, fresh_compile_state):
+    """A search worker trains one architecture after another in one process. A shape it trained
+    before is not traced again; every run still gets exactly the values it gets in a fresh process
+    (static graphs, never a dynamic-shape recompile, never the eager fallback past dynamo's
+    recompile limit); and the kept code is dropped every KEEP_COMPILED_RUNS runs."""
+    from torch._dynamo.utils import counters
+
+    import mainrun.train as train_mod
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     cfg, data = tiny_data
     cfg = cfg.replace(n_layer=1, epochs=1, dropout=0.0, optimizer="adamw", lr=3e-3, compile="regional")
-    # one run: one graph per function. config.patch, not monkeypatch: monkeypatch's undo deletes a
-    # torch config attribute, which breaks every later compile in the process
+    widths = (32, 48, 32, 64)
+    fresh = []
+    for width in widths:
+        torch.compiler.reset()
+        fresh.append(train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None).curve)
+    torch.compiler.reset()
+    train_mod._compiled_runs = 0                        # (the fixture restores it)
+    monkeypatch.setattr(train_mod, "KEEP_COMPILED_RUNS", 3)
+    traced = []
+    # config.patch, not monkeypatch: monkeypatch's undo deletes a torch config attribute, which
+    # breaks every later compile in the process. A limit of 1 would fail the second width, unless
+    # compile_model raises it above what KEEP_COMPILED_RUNS runs can add.
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
-        for width in (32, 48, 64):
-            result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
-            assert math.isfinite(result.val_loss)
+        for width, expected in zip(widths, fresh, strict=True):
+            counters.clear()
+            assert train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None).curve == expected
+            traced.append(counters["stats"]["unique_graphs"])
+    assert traced[0] > 0 and traced[1] > 0 and traced[2] == 0          # width 32 again: kept
+    assert traced[3] > 0 and train_mod._compiled_runs == 1              # the fourth run started afresh
 
 
-def test_a_new_dropout_value_of_a_compiled_shape_loads_its_graphs_from_the_cache(tiny_data, tmp_path, monkeypatch):
+def test_a_new_dropout_value_of_a_compiled_shape_loads_its_graphs_from_the_cache(tiny_data, tmp_path, monkeypatch,
+                                                                                 fresh_compile_state):
     """Dropout's rate is a run-time input of the compiled graphs, not a constant baked into them:
     in a search that samples dropout, a trial of a shape seen before loads inductor's graphs from
     disk whatever its rate, instead of compiling cold. Attention runs uncompiled between the two
@@ -902,12 +935,16 @@ def test_a_new_dropout_value_of_a_compiled_shape_loads_its_graphs_from_the_cache
     first = train(cfg.replace(dropout=0.5), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_miss"] > 0                 # a cold cache
     assert counters["stats"]["unique_graphs"] == 3                        # the block around attention, the loss
+    torch.compiler.reset()                                                # another worker
     counters.clear()
     second = train(cfg.replace(dropout=0.2), data, device="cpu", progress=False, echo=None)
     assert counters["inductor"]["fxgraph_cache_hit"] > 0 and counters["inductor"]["fxgraph_cache_miss"] == 0
     assert counters["aot_autograd"]["autograd_cache_hit"] > 0 and counters["aot_autograd"]["autograd_cache_miss"] == 0
     # the graphs loaded read the new rate: same seed, same stream of random numbers, another run
     assert math.isfinite(second.val_loss) and second.curve != first.curve
+    counters.clear()                                                      # the same worker's next trial
+    third = train(cfg.replace(dropout=0.3), data, device="cpu", progress=False, echo=None)
+    assert counters["stats"]["unique_graphs"] == 0 and third.curve not in (first.curve, second.curve)
     # and it drops at all: without dropout a compiled run is the eager run up to SCORING_RTOL (above)
     plain = train(cfg.replace(dropout=0.0, compile="none"), data, device="cpu", progress=False, echo=None)
     assert [v for _, v in first.curve] != pytest.approx([v for _, v in plain.curve], rel=SCORING_RTOL)
