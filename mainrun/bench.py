@@ -309,7 +309,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
     return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss,
             "data_s": data.prep_seconds, "data_cached": data.cached, "train_s": result.train_seconds,
             "setup_s": result.setup_seconds, "loop_s": result.train_seconds - result.setup_seconds,
-            "wall_s": result.train_seconds + data.prep_seconds,
+            "traced_graphs": result.traced_graphs, "wall_s": result.train_seconds + data.prep_seconds,
             "tokens_per_s": result.tokens_per_second, "tflops": tflops,
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,

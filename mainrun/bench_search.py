@@ -23,6 +23,7 @@ import itertools
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import tempfile
 import threading
@@ -254,11 +255,16 @@ def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float,
                     for t in finished if t.user_attrs.get("max_steps"))
     spent = sum(device_seconds(t) for t in trials)
     setup = sum(as_number(t.user_attrs.get("setup_seconds")) for t in trials)
+    # a compiled trial whose worker had kept its shape from an earlier trial traced no graph
+    kept = [t.user_attrs["setup_seconds"] for t in finished if t.user_attrs.get("traced_graphs") == 0]
+    traced = [t.user_attrs["setup_seconds"] for t in finished if t.user_attrs.get("traced_graphs")]
     return {"run": name, "jobs": jobs, "storage": storage, "study": study_name, "exit_code": code,
             "inductor_cache": cache, "finished": len(finished),
             "pruned": sum(t.state == TrialState.PRUNED for t in trials),
             "failed": sum(t.state == TrialState.FAIL for t in trials), "wall_s": wall, "device_s": spent,
             "setup_s": setup, "setup_share": setup / spent if spent else None,
+            "kept_shape_trials": len(kept), "kept_setup_median_s": statistics.median(kept) if kept else None,
+            "traced_trials": len(traced), "traced_setup_median_s": statistics.median(traced) if traced else None,
             "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
             "best": min(complete) if complete else None, "gpu": gpu_name()}
 
@@ -273,6 +279,11 @@ def print_search_rows(rows: list[dict]) -> None:
         print(f"{r['run']:<{width}}{r['inductor_cache']:>7}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}"
               f"{r['wall_s']:>9.1f}{r['device_s']:>10.1f}{share:>8}{r['trials_per_hour']:>10.1f}"
               f"{r['full_runs_per_hour']:>12.1f}{best:>9}")
+    for r in rows:
+        if r.get("kept_shape_trials") and r.get("traced_trials"):
+            print(f"{r['run']}: setup per trial (median) {r['traced_setup_median_s']:.2f} s in the "
+                  f"{r['traced_trials']} that traced their graphs, {r['kept_setup_median_s']:.2f} s in the "
+                  f"{r['kept_shape_trials']} whose worker had kept their shape from an earlier trial")
     if len({(r.get("sampler"), r.get("pruner"), r.get("seed")) for r in rows}) > 1:      # a policy comparison
         print("\ncompare them at an equal budget, by policy: mainrun-report --compare "
               f"{' '.join(r['study'] for r in rows)} --storage {rows[0]['storage']} --out compare/")

@@ -67,6 +67,9 @@ class RunResult:
     # the part of train_seconds up to the end of step 1 and its evaluation: optimizer, graph
     # capture, compilation, then one step and one scoring pass. The rest is the steady state.
     setup_seconds: float = 0.0
+    # graphs that dynamo traced for this run (compiled runs only): 0 when the process had kept
+    # the shape's compiled code from an earlier run (compile_model); None when uncompiled
+    traced_graphs: int | None = None
     tokens_per_second: float = 0.0
     peak_memory_mb: float | None = None                # max_memory_allocated; measured on CUDA only
     device: str = "cpu"
@@ -198,6 +201,12 @@ def compile_model(model: GPT, mode: str) -> None:
         # dynamic=False: a new width compiles a static graph of its own, as in a fresh process,
         # instead of a dynamic-shape recompile of the last width (other kernels, other values)
         module.compile(dynamic=False)
+
+
+def _traced_graphs() -> int:
+    """How many graphs dynamo has traced in this process so far."""
+    from torch._dynamo.utils import counters
+    return counters["stats"]["unique_graphs"]
 
 
 def lr_factor(cfg: RunConfig, step: int, max_steps: int) -> float:
@@ -471,6 +480,7 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers,
         torch.cuda.reset_peak_memory_stats(dev)
     model = GPT(cfg, data.vocab_size).to(dev)
     compile_model(model, compile_mode)
+    traced_before = _traced_graphs() if compile_mode != "none" else None
     result = RunResult(val_loss=float("nan"), max_steps=max_steps, optimizer_steps=updates,
                        n_params=model.num_params(), prep_seconds=data.prep_seconds, device=str(dev),
                        precision=precision)
@@ -571,6 +581,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers,
         torch.cuda.synchronize(dev)
         result.peak_memory_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     result.train_seconds = time.perf_counter() - t0
+    if traced_before is not None:
+        result.traced_graphs = _traced_graphs() - traced_before
     del train_step, scorer                              # free the graphs' memory pools
     result.steps = step
     result.tokens_per_second = step * tokens / max(result.train_seconds, 1e-9)

@@ -87,6 +87,29 @@ def test_replay_trains_a_studys_configs_in_order_in_full_and_reproduces_their_va
     assert "replay jobs 1" in stdout
 
 
+def test_a_compiled_replay_says_what_a_kept_shape_saves_in_setup(tmp_path, titles_file):
+    """Compiled trials record how many graphs they traced: 0 where the worker kept the shape from
+    an earlier trial. The bench row splits the setup by it, and says so under its table."""
+    from mainrun.config import RunConfig
+    source = f"sqlite:///{tmp_path / 'source.db'}"
+    study = optuna.create_study(study_name="two", storage=source)
+    config = RunConfig.from_dict({**TINY, "dataset": str(titles_file), "epochs": 1, "optimizer": "adamw",
+                                  "compile": "regional"})
+    for dropout in (0.1, 0.2):                 # one shape: the second trial's worker has kept it
+        study.add_trial(optuna.trial.create_trial(value=3.0, user_attrs={"config": config.replace(
+            dropout=dropout).to_dict()}))
+    rows, stdout = bench(tmp_path, "--dataset", str(titles_file), "--replay", "two", "--replay-storage", source,
+                         "--inductor-cache", "empty", "--studies", "kept")
+    (row,) = rows
+    replayed = optuna.load_study(study_name=row["study"], storage=row["storage"]).trials
+    assert [t.user_attrs["traced_graphs"] > 0 for t in replayed] == [True, False]
+    first, second = (t.user_attrs["setup_seconds"] for t in replayed)
+    assert (row["traced_trials"], row["kept_shape_trials"]) == (1, 1)
+    assert (row["traced_setup_median_s"], row["kept_setup_median_s"]) == (first, second)
+    assert (f"replay jobs 1: setup per trial (median) {first:.2f} s in the 1 that traced their graphs, "
+            f"{second:.2f} s in the 1 whose worker had kept their shape from an earlier trial") in stdout
+
+
 def test_replaying_a_study_without_configs_or_of_several_datasets_exits_2(tmp_path, titles_file):
     url = f"sqlite:///{tmp_path / 'empty.db'}"
     optuna.create_study(study_name="bare", storage=url).add_trial(optuna.create_trial(value=1.0))

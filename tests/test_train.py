@@ -915,8 +915,10 @@ def test_a_worker_keeps_the_shapes_it_compiled_and_each_run_gets_the_values_of_a
     with torch._dynamo.config.patch(recompile_limit=1, fail_on_recompile_limit_hit=True):
         for width, expected in zip(widths, fresh, strict=True):
             counters.clear()
-            assert train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None).curve == expected
-            traced.append(counters["stats"]["unique_graphs"])
+            result = train(cfg.replace(d_model=width), data, device="cpu", progress=False, echo=None)
+            assert result.curve == expected
+            assert result.traced_graphs == counters["stats"]["unique_graphs"]     # recorded by the trial
+            traced.append(result.traced_graphs)
     assert traced[0] > 0 and traced[1] > 0 and traced[2] == 0          # width 32 again: kept
     assert traced[3] > 0 and train_mod._compiled_runs == 1              # the fourth run started afresh
 
@@ -947,6 +949,7 @@ def test_a_new_dropout_value_of_a_compiled_shape_loads_its_graphs_from_the_cache
     assert counters["stats"]["unique_graphs"] == 0 and third.curve not in (first.curve, second.curve)
     # and it drops at all: without dropout a compiled run is the eager run up to SCORING_RTOL (above)
     plain = train(cfg.replace(dropout=0.0, compile="none"), data, device="cpu", progress=False, echo=None)
+    assert plain.traced_graphs is None and (first.traced_graphs, third.traced_graphs) == (3, 0)
     assert [v for _, v in first.curve] != pytest.approx([v for _, v in plain.curve], rel=SCORING_RTOL)
 
 

@@ -214,6 +214,8 @@ def _record(trial: optuna.Trial, result: RunResult) -> None:
     trial.set_user_attr("prep_seconds", round(result.prep_seconds, 3))
     trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
     trial.set_user_attr("setup_seconds", round(result.setup_seconds, 3))
+    if result.traced_graphs is not None:
+        trial.set_user_attr("traced_graphs", result.traced_graphs)   # 0: the worker had kept the shape
     trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
     if result.peak_memory_mb is not None:
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
