@@ -110,15 +110,16 @@ class Comparison:
         return any(len(g.studies) > 1 for g in self.groups)
 
 
+# (user attr / space key, the names it may take with mainrun's defaults, the space's default)
+POLICY_KINDS = (("sampler", SAMPLERS, DEFAULT_SAMPLER), ("pruner", PRUNERS, DEFAULT_PRUNER))
+
+
 def study_policy(attrs: dict[str, Any]) -> tuple[str, str]:
     """(sampler, pruner) names: the study's "sampler"/"pruner" user attrs, else the recorded space
     file's `sampler: {name: ...}` / `pruner: {name: ...}` (defaults tpe / median), else "?"."""
-    return _policy_names(attrs, _recorded_space(attrs.get("space_yaml")))
-
-
-def _policy_names(attrs: dict[str, Any], space: dict | None) -> tuple[str, str]:
-    return (_policy_name(attrs.get("sampler"), space, "sampler", DEFAULT_SAMPLER),
-            _policy_name(attrs.get("pruner"), space, "pruner", DEFAULT_PRUNER))
+    space = _recorded_space(attrs.get("space_yaml"))
+    sampler, pruner = (_policy_name(attrs.get(key), space, key, default) for key, _, default in POLICY_KINDS)
+    return sampler, pruner
 
 
 def policy_label(attrs: dict[str, Any]) -> str:
@@ -128,10 +129,10 @@ def policy_label(attrs: dict[str, Any]) -> str:
     recorded = attrs.get("policy") if isinstance(attrs.get("policy"), dict) else {}
     space = _recorded_space(attrs.get("space_yaml"))
     parts = []
-    for key, name, table in zip(("sampler", "pruner"), _policy_names(attrs, space), (SAMPLERS, PRUNERS)):
+    for key, table, default in POLICY_KINDS:
+        name = _policy_name(attrs.get(key), space, key, default)
         spec = recorded.get(key, (space or {}).get(key))
-        spec_name = spec.get("name", DEFAULT_SAMPLER if key == "sampler" else DEFAULT_PRUNER) \
-            if isinstance(spec, dict) else None
+        spec_name = spec.get("name", default) if isinstance(spec, dict) else None
         parts.append(name + (_options_text(table, name, spec) if spec_name == name else ""))
     return "+".join(parts)
 
