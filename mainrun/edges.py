@@ -8,9 +8,7 @@ recorded.
 from __future__ import annotations
 
 import math
-from typing import Any
-
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from .config import check_field, is_number, parse_yaml_text
 from .errors import ConfigError
@@ -60,9 +58,10 @@ def edge(p: Param, value: Any) -> tuple[str, Any] | None:
     """("top" or "bottom", that end) when `value` sits at an end of `p`'s numeric range that
     could be moved: the first or last of ordered values, an int or stepped range's end, or
     within EDGE_FRACTION of a continuous range's end (of its log for a log range). None inside
-    the range, for categorical params, and at a bound of the field itself (dropout 0, beta2
-    0.999 of 0.9..0.999): there a wider range would only give invalid configs."""
-    if p.choices is not None or not is_number(value):
+    the range, for categorical params, for a single pinned value (`values: [512]`: the user
+    chose it, and it has no spacing to widen by), and at a bound of the field itself (dropout 0,
+    beta2 0.999 of 0.9..0.999): there a wider range would only give invalid configs."""
+    if p.choices is not None or not is_number(value) or (p.values is not None and len(p.values) < 2):
         return None
     ends = (p.values[0], p.values[-1]) if p.values is not None else (p.low, p.high)
     continuous = p.values is None and p.kind is float and p.step is None

@@ -1,6 +1,10 @@
 """Where a config sits at the edge of a search space: what counts as an edge, and what does not."""
 from __future__ import annotations
 
+import optuna
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from helpers import ROOT, SPACES
 from mainrun.config import RunConfig
 from mainrun.edges import edge_warnings
@@ -62,8 +66,47 @@ def test_an_end_that_is_the_fields_own_bound_or_an_inactive_param_is_not_an_edge
     assert edge_warnings(space, edge_config(optimizer="sgd", momentum=0.9)) == ["momentum 0.9 is the top of its range: widen it"]
 
 
+def test_a_single_pinned_value_is_not_an_edge():
+    # `values: [512]` pins the field: nothing to widen, and no spacing to widen it by (this once
+    # raised IndexError in the search's closing summary, after every trial had run)
+    space = parse({"params": {"d_model": {"values": [512]}, "head_dim": {"values": [64]},
+                              "n_layer": {"values": [4, 8]}}})
+    assert edge_warnings(space, edge_config(d_model=512, n_head=8, n_layer=8)) == \
+        ["n_layer 8 is the top of its range: widen it"]
+
+
 def test_the_shipped_best_sits_at_an_edge_of_optim_yaml_and_inside_the_widened_arch_space():
     best = RunConfig.from_yaml(ROOT / "studies" / "best-standin.yaml").to_dict()
     # it took beta2 0.95, the bottom of the values both spaces once had; arch.yaml added 0.9 for it
     assert edge_warnings(load_space(SPACES / "optim.yaml"), best) == ["beta2 0.95 is the bottom of its range: widen it"]
     assert edge_warnings(load_space(SPACES / "arch.yaml"), best) == []
+
+
+@st.composite
+def numeric_spaces(draw) -> dict:
+    """Valid spaces of the numeric kinds: ordered values (one of them alone), log and linear
+    ranges, and a stepped range."""
+    layers = draw(st.lists(st.integers(1, 24), min_size=1, max_size=4, unique=True))
+    rates = draw(st.lists(st.sampled_from([0.0, 0.05, 0.1, 0.2, 0.3]), min_size=1, max_size=3, unique=True))
+    lr_low = draw(st.floats(1e-5, 1e-2))
+    warmup_low = 50 * draw(st.integers(0, 10))
+    return {"fixed": {"schedule": "warmup_cosine"}, "params": {
+        "n_layer": {"values": sorted(layers)},
+        "dropout": {"values": sorted(rates)},
+        "lr": {"low": lr_low, "high": lr_low * draw(st.floats(1.01, 100)), "log": draw(st.booleans())},
+        "weight_decay": {"low": 0.0, "high": draw(st.floats(0.01, 0.3))},
+        "warmup_steps": {"low": warmup_low, "high": warmup_low + 50 * draw(st.integers(1, 8)), "step": 50},
+    }}
+
+
+@settings(max_examples=100, deadline=None)
+@given(numeric_spaces(), st.integers(0, 2**16))
+def test_any_sampled_config_gets_an_answer_and_pinned_values_never_warn(doc, seed):
+    space = parse(doc)
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+    movable = {p.name for p in space.params if p.count() != 1}
+    for _ in range(3):
+        trial = study.ask()
+        warnings = edge_warnings(space, space.suggest(trial, RunConfig()).to_dict())
+        study.tell(trial, 1.0)
+        assert {line.split()[0] for line in warnings} <= movable
