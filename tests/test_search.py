@@ -847,6 +847,11 @@ def test_a_repeated_suggestion_reuses_the_finished_trial(tmp_path, titles_file):
         original = next(o for o in trials if o.number == t.user_attrs["duplicate_of"])
         assert t.params == original.params and t.value == original.value
         assert "train_seconds" not in t.user_attrs                  # no run was spent on it
+        assert f"trial {t.number:>3} | val_loss {t.value:.4f}, repeat of #{original.number} (not retrained)" in proc.stdout
+    # the closing table lists each config once, and says how many repeats it left out
+    table = proc.stdout.split("trial  val_loss  train s  params\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [int(line.split()[0]) for line in table[:-1]] == [t.number for t in sorted(trained, key=lambda t: t.value)]
+    assert table[-1] == f"  ({len(copies)} repeat(s) of a finished config not listed: same value, not retrained)"
 
 
 def test_a_resumed_seeded_search_does_not_replay_its_first_suggestions(tmp_path, titles_file):

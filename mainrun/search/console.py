@@ -45,7 +45,12 @@ def trial_line(trial: FrozenTrial, *, best: FrozenTrial | None, finished: int, t
     this search finished itself."""
     best_text = f"best {best.value:.4f} (#{best.number})" if best is not None else "best -"
     eta = clock(elapsed / finished_here * max(trials - finished, 0)) if finished_here else "-"
-    if trial.state == TrialState.COMPLETE:
+    twin = trial.user_attrs.get("duplicate_of")
+    if twin is not None and trial.state in (TrialState.COMPLETE, TrialState.PRUNED):
+        # the sampler proposed a finished point again: that trial's result, no run spent
+        result = f"val_loss {trial.value:.4f}" if trial.state == TrialState.COMPLETE else "pruned"
+        outcome = f"{result}, repeat of #{twin} (not retrained)"
+    elif trial.state == TrialState.COMPLETE:
         outcome = f"val_loss {trial.value:.4f} complete"
     elif trial.state == TrialState.PRUNED:
         last = trial.intermediate_values.get(max(trial.intermediate_values), float("nan")) \
@@ -62,13 +67,17 @@ def print_summary(study: optuna.Study, storage_url: str, artifacts: Path, top: i
                   space: SearchSpace | None = None) -> None:
     """The study's counts, its best complete trials, where the best sits at the edge of `space`,
     and the commands to look at it and train its best."""
-    done = sorted(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)), key=lambda t: t.value)
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    # a repeat holds its original's config and value: listing it would only push a config out
+    done = sorted((t for t in complete if "duplicate_of" not in t.user_attrs), key=lambda t: t.value)
     echo(f"\nstudy '{study.study_name}': {describe_counts(tally(study))}")
     if done:
         echo(f"{'trial':>5}  {'val_loss':>8}  {'train s':>7}  params")
         for t in done[:top]:
-            echo(f"{t.number:>5}  {t.value:>8.4f}  {t.user_attrs.get('train_seconds', float('nan')):>7.1f}  "
-                 f"{params_text(t)}")
+            seconds = t.user_attrs.get("train_seconds")
+            echo(f"{t.number:>5}  {t.value:>8.4f}  {'-' if seconds is None else f'{seconds:.1f}':>7}  {params_text(t)}")
+        if repeats := len(complete) - len(done):
+            echo(f"  ({repeats} repeat(s) of a finished config not listed: same value, not retrained)")
     edges = edge_warnings(space, done[0].user_attrs["config"]) if space and done and "config" in done[0].user_attrs \
         else []
     print_edges(edges, f"the best trial ({done[0].number})" if done else "", echo)
