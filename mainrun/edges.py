@@ -61,7 +61,7 @@ def edge(p: Param, value: Any) -> tuple[str, Any] | None:
     the range, for categorical params, for a single pinned value (`values: [512]`: the user
     chose it, and it has no spacing to widen by), and at a bound of the field itself (dropout 0,
     beta2 0.999 of 0.9..0.999): there a wider range would only give invalid configs."""
-    if p.choices is not None or not is_number(value) or (p.values is not None and len(p.values) < 2):
+    if p.choices is not None or p.count() == 1 or not is_number(value):
         return None
     ends = (p.values[0], p.values[-1]) if p.values is not None else (p.low, p.high)
     continuous = p.values is None and p.kind is float and p.step is None
