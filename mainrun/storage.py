@@ -238,6 +238,16 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
         raise _storage_error("cannot open the study storage", settings.url, parsed, e) from None
 
 
+def drop_idle_connections(storage: optuna.storages.RDBStorage) -> None:
+    """Close the storage's pooled connections; the next call opens fresh ones. For after an
+    interrupt: one that lands inside a read, between the SELECT and the fetch of its rows, leaves
+    that SQLite connection holding the read's snapshot (Python's sqlite3 keeps the half-read
+    statement open through the pool's rollback), and its next write fails "database is locked"
+    at once, whatever the busy timeout, if anyone wrote since. Connections checked out (the
+    heartbeat thread's) are left alone."""
+    storage.engine.dispose()
+
+
 def open_study_readonly(storage_url: str, study_name: str) -> optuna.Study:
     """Load an existing study without creating anything: a missing SQLite file, a database
     without Optuna's tables or an unknown study name is a SearchError (exit 2), not a new,

@@ -2,6 +2,8 @@
 one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL, a
 retry that looks for its checkpoint), Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded
 as FAIL, resume), and machines that share no file lock ending at exactly --trials on PostgreSQL.
+One test runs a worker in this process instead, to land its Ctrl-C inside a storage read through
+SQLAlchemy's own hook (where a real one rarely lands).
 
 Which trial a worker is training is read from the worker's open file descriptors: train()
 keeps the trial's JSONL log (`trial-<number>.jsonl`) open while it trains, so a signal sent
@@ -14,12 +16,16 @@ import re
 import signal
 import subprocess
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from sqlalchemy import event
+from sqlalchemy.engine import Engine
 
 from helpers import SPACES, cli
 from mainrun.soak import trial_in_training as training
@@ -399,6 +405,54 @@ def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches
     while process_group(search.pid) and time.time() < deadline:
         time.sleep(0.2)
     assert not process_group(search.pid), [Path(f"/proc/{p}/cmdline").read_bytes() for p in process_group(search.pid)]
+
+
+@dataclass
+class InterruptedInsideARead:
+    """An objective whose Ctrl-C lands inside a storage read (the pruner's, at an evaluation):
+    after the SELECT ran, before its rows were fetched, just after another worker wrote. A real
+    Ctrl-C rarely lands there (the SIGINT search test above did once in CI); here it always does.
+    The read leaves its connection mid-statement; which pooled connection the worker's next write
+    takes depends on the heartbeat thread's timing, so every idle one is left mid-read too."""
+    url: str
+
+    def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
+        def objective(trial: optuna.Trial) -> float:
+            def land_here(conn, *_):              # the engine's hook right after a statement ran
+                event.remove(Engine, "after_execute", land_here)
+                idle = [conn.engine.connect() for _ in range(3)]
+                unread = [c.exec_driver_sql("SELECT * FROM trials") for c in idle]    # held: each stays mid-read
+                for c in idle:
+                    c.close()                     # back to the pool, its statement still open
+                optuna.load_study(study_name=STUDY, storage=self.url).set_user_attr("other_worker", trial.number)
+                os.kill(os.getpid(), signal.SIGINT)
+            trial.report(1.0, step=0)
+            event.listen(Engine, "after_execute", land_here)
+            try:
+                trial.should_prune()
+            finally:                                  # no later test inherits the hook
+                if event.contains(Engine, "after_execute", land_here):
+                    event.remove(Engine, "after_execute", land_here)
+            pytest.fail("the SIGINT did not interrupt the read")
+        return objective
+
+
+def test_a_ctrl_c_inside_a_storage_read_is_recorded_like_any_other(tmp_path, capsys):
+    """SQLite: the interrupted read leaves its connection holding a snapshot from before the other
+    worker's write (Python's sqlite3 keeps a half-read statement open across the pool's rollback),
+    and that connection's next write failed 'database is locked' at once, whatever the busy timeout:
+    the search crashed instead of recording the trial as failed and exiting 130."""
+    from mainrun.search.workers import WorkerContext, run_worker
+    from mainrun.storage import StorageSettings, open_storage
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name=STUDY, storage=open_storage(StorageSettings(url)))
+    ctx = WorkerContext(objective=InterruptedInsideARead(url), storage=StorageSettings(url), study_name=STUDY,
+                        trials=1, device="cpu", artifacts=str(tmp_path), worker=0, start_time=time.time(),
+                        finished_at_start=0)
+    assert run_worker(ctx) == 130
+    [trial] = optuna.load_study(study_name=STUDY, storage=url).trials
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
 
 
 def test_a_trial_that_never_sent_a_heartbeat_does_not_block_the_study(tmp_path, titles, quick_space, searches):

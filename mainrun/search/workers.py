@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InputsChanged, TrialFailed, WorkerBroken
-from ..storage import StorageSettings, open_storage, study_lock
+from ..storage import StorageSettings, drop_idle_connections, open_storage, study_lock
 from .console import Echo, say, trial_line, worker_echo
 from .interrupts import Interrupt, check_interrupted, interrupts_caught
 from .study import FINISHED, best_trial, finished_count, tally
@@ -119,8 +119,9 @@ def _run_trials(ctx: WorkerContext) -> int:
     echo = worker_echo(ctx.worker)
     admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline, ctx.enqueued_only)
     try:
-        study = optuna.load_study(study_name=ctx.study_name, storage=open_storage(ctx.storage))
-        objective = _admitted(ctx.objective.build(study, ctx), admission)
+        storage = open_storage(ctx.storage)
+        study = optuna.load_study(study_name=ctx.study_name, storage=storage)
+        objective = _admitted(ctx.objective.build(study, ctx), admission, storage)
         failures = refusals = 0
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -161,9 +162,10 @@ def _run_trials(ctx: WorkerContext) -> int:
     return 0
 
 
-def _admitted(objective: Objective, admission: Admission) -> Objective:
+def _admitted(objective: Objective, admission: Admission, storage: optuna.storages.RDBStorage) -> Objective:
     """`objective` as a worker runs it: the trial now counts, so the next worker may decide; and
-    an interrupt, wherever it lands, is recorded as the trial's fail_reason "interrupted"."""
+    an interrupt, wherever it lands, is recorded as the trial's fail_reason "interrupted" (on fresh
+    storage connections: one it interrupted mid-read could not write)."""
     def trial_in_worker(trial: optuna.Trial) -> float:
         admission.release()
         try:
@@ -178,6 +180,7 @@ def _admitted(objective: Objective, admission: Admission) -> Objective:
                 raise
             # Interrupted, wherever it landed: also when code it landed in wrapped it in an error
             # of its own (class creation turns it into "RuntimeError: Error calling __set_name__").
+            drop_idle_connections(storage)
             trial.set_user_attr("fail_reason", "interrupted")
             Interrupt.trial = trial.number
             raise KeyboardInterrupt(Interrupt.signal_name or str(e)) from None
