@@ -1,11 +1,14 @@
-"""Helpers shared by the tests: generated titles, the tiny config, the CLI entry points."""
+"""Helpers shared by the tests: generated titles, the tiny config, the CLI entry points, and a
+Ctrl-C landed inside a storage read."""
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable, Iterator
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = ROOT / "search_spaces"
@@ -39,3 +42,32 @@ def bench(tmp_path: Path, *args: str) -> tuple[list[dict], str]:
                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return json.loads(out.read_text()), proc.stdout
+
+
+@contextlib.contextmanager
+def interrupted_inside_the_next_read(interrupt: Callable[[], None], another_write: Callable[[], None]) -> Iterator[None]:
+    """Inside: the next statement an engine runs (a read) is interrupted right after it ran, before
+    its rows are fetched, just after `another_write()` (another worker's). `interrupt()` raises
+    KeyboardInterrupt or sends the signal. A real Ctrl-C rarely lands there; here it always does.
+    The read leaves its connection mid-statement; which pooled connection the next write takes
+    depends on timing (the heartbeat thread's), so every idle one is left mid-read too."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    unread = []                               # held, as the interrupt's traceback holds a real one's
+
+    def land_here(conn, *_):                  # the engine's hook right after a statement ran
+        event.remove(Engine, "after_execute", land_here)
+        idle = [conn.engine.connect() for _ in range(3)]
+        unread.extend(c.exec_driver_sql("SELECT * FROM studies") for c in idle)
+        for c in idle:
+            c.close()                         # back to the pool, its statement still open
+        another_write()
+        interrupt()
+
+    event.listen(Engine, "after_execute", land_here)
+    try:
+        yield
+    finally:                                  # nothing later inherits the hook
+        if event.contains(Engine, "after_execute", land_here):
+            event.remove(Engine, "after_execute", land_here)

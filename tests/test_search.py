@@ -384,6 +384,33 @@ def test_a_study_interrupted_while_being_created_is_removed_so_the_command_rerun
     assert study.user_attrs["space_sha256"] == smoke.sha256
 
 
+def test_a_study_interrupted_inside_a_storage_read_while_being_created_is_removed(tmp_path, titles_file, monkeypatch):
+    """The Ctrl-C lands inside a read, just after another search wrote to the same database: the
+    read's connection is left holding an old snapshot, and removing the half-made study on it
+    failed 'database is locked' at once (the study stayed, and the same command then refused)."""
+    import mainrun.search.study
+    from helpers import interrupted_inside_the_next_read
+    from mainrun.search.study import open_study
+    smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    def another_search_writes():
+        optuna.create_study(study_name="other", storage=url)
+
+    def reading_when_interrupted(study, *_args):     # after the trials are enqueued, like the real note
+        with interrupted_inside_the_next_read(ctrl_c, another_search_writes):
+            study.get_trials(deepcopy=False)
+    monkeypatch.setattr(mainrun.search.study, "_save_dashboard_note", reading_when_interrupted)
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        open_study(smoke, storage, "s", data, base, echo=said.append)
+    assert said == []                                          # no "could not remove the half-made study"
+    assert [s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)] == ["other"]
+
+
 def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tmp_path, titles_file, monkeypatch):
     """The clean-up runs against the same database that may have failed; its own error must not
     replace the one that stopped the creation, and the study left behind is named."""

@@ -24,10 +24,8 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from sqlalchemy import event
-from sqlalchemy.engine import Engine
 
-from helpers import SPACES, cli
+from helpers import SPACES, cli, interrupted_inside_the_next_read
 from mainrun.soak import trial_in_training as training
 
 SMOKE = SPACES / "smoke.yaml"
@@ -409,30 +407,16 @@ def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches
 
 @dataclass
 class InterruptedInsideARead:
-    """An objective whose Ctrl-C lands inside a storage read (the pruner's, at an evaluation):
-    after the SELECT ran, before its rows were fetched, just after another worker wrote. A real
-    Ctrl-C rarely lands there (the SIGINT search test above did once in CI); here it always does.
-    The read leaves its connection mid-statement; which pooled connection the worker's next write
-    takes depends on the heartbeat thread's timing, so every idle one is left mid-read too."""
+    """An objective whose Ctrl-C lands inside a storage read (the pruner's, at an evaluation)."""
     url: str
 
     def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
-            def land_here(conn, *_):              # the engine's hook right after a statement ran
-                event.remove(Engine, "after_execute", land_here)
-                idle = [conn.engine.connect() for _ in range(3)]
-                unread = [c.exec_driver_sql("SELECT * FROM trials") for c in idle]    # held: each stays mid-read
-                for c in idle:
-                    c.close()                     # back to the pool, its statement still open
+            def another_worker_writes():
                 optuna.load_study(study_name=STUDY, storage=self.url).set_user_attr("other_worker", trial.number)
-                os.kill(os.getpid(), signal.SIGINT)
             trial.report(1.0, step=0)
-            event.listen(Engine, "after_execute", land_here)
-            try:
+            with interrupted_inside_the_next_read(lambda: os.kill(os.getpid(), signal.SIGINT), another_worker_writes):
                 trial.should_prune()
-            finally:                                  # no later test inherits the hook
-                if event.contains(Engine, "after_execute", land_here):
-                    event.remove(Engine, "after_execute", land_here)
             pytest.fail("the SIGINT did not interrupt the read")
         return objective
 

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .. import __version__
 from ..errors import SearchError
 from ..export import export_command
-from ..storage import redact
+from ..storage import drop_idle_connections, redact
 
 if TYPE_CHECKING:
     from ..config import RunConfig
@@ -124,6 +124,7 @@ def open_study(space: SearchSpace, storage, name: str, data: Data, base: RunConf
         # Ctrl-C or an error half-way: a study without its identity would block the same command
         # (it waits for the identity, then refuses), so it goes; it holds no trial results yet.
         try:
+            drop_idle_connections(storage)     # one a Ctrl-C left mid-read could not delete
             optuna.delete_study(study_name=name, storage=storage)
         except Exception as cleanup:           # the error that stopped the creation is the one to report
             echo(f"search: could not remove the half-made study '{name}' ({type(cleanup).__name__}: {cleanup}); "
