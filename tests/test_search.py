@@ -392,13 +392,12 @@ def test_a_study_interrupted_inside_a_storage_read_while_being_created_is_remove
     from helpers import interrupted_inside_the_next_read
     from mainrun.search.study import open_study
     smoke, base, data, storage = _open_study_inputs(tmp_path, titles_file)
-    url = f"sqlite:///{tmp_path / 'c.db'}"
 
     def ctrl_c():
         raise KeyboardInterrupt
 
     def another_search_writes():
-        optuna.create_study(study_name="other", storage=url)
+        optuna.create_study(study_name="other", storage=storage.url)
 
     def reading_when_interrupted(study, *_args):     # after the trials are enqueued, like the real note
         with interrupted_inside_the_next_read(ctrl_c, another_search_writes):
@@ -408,7 +407,7 @@ def test_a_study_interrupted_inside_a_storage_read_while_being_created_is_remove
     with pytest.raises(KeyboardInterrupt):
         open_study(smoke, storage, "s", data, base, echo=said.append)
     assert said == []                                          # no "could not remove the half-made study"
-    assert [s.study_name for s in optuna.get_all_study_summaries(url, include_best_trial=False)] == ["other"]
+    assert [s.study_name for s in optuna.get_all_study_summaries(storage.url, include_best_trial=False)] == ["other"]
 
 
 def test_when_the_half_made_study_cannot_be_removed_the_first_error_is_raised(tmp_path, titles_file, monkeypatch):
