@@ -193,12 +193,29 @@ class RetryLostTrials:
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             self._retry = optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=None)
 
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        """Enqueue the lost `trial`'s retry, unless its config is given up. True if enqueued."""
         chain = {*trial.system_attrs.get("retry_history", []), trial.number}
         attempts = [t for t in study.get_trials(deepcopy=False) if t.number in chain and t.number != trial.number]
         stuck = sum(not _progressed(t) for t in (*attempts, trial))
-        if stuck <= self.max_retry:
+        retrying = stuck <= self.max_retry
+        if retrying:
             self._retry(study, trial)
+        return retrying
+
+
+def retry_orphaned_losses(study: optuna.Study) -> int:
+    """Enqueue the missing retry of each lost trial (FAIL with no fail_reason) that has none: the
+    process that failed it died before enqueueing it, since Optuna's fail_stale_trials writes the
+    FAIL and only then calls RetryLostTrials (found by the chaos soak on PostgreSQL). Call it under
+    the admission lock: every fail_stale_trials in mainrun runs under it (Optuna's own, at each
+    trial's start, too: the admission holds the lock until the trial starts), so no living process
+    is between those two writes. Returns how many it enqueued."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {t.system_attrs["retry_history"][-1] for t in trials if t.system_attrs.get("retry_history")}
+    retry = RetryLostTrials()
+    return sum(retry(study, t) for t in trials if t.state == optuna.trial.TrialState.FAIL
+               and "fail_reason" not in t.user_attrs and t.number not in retried)
 
 
 def _progressed(attempt: optuna.trial.FrozenTrial) -> bool:

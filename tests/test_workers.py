@@ -599,3 +599,32 @@ def test_a_lost_trial_is_failed_and_its_retry_enqueued_under_the_admission_lock(
         admission.release()
     waiter.join(timeout=60)
     assert states() == [TrialState.FAIL, TrialState.WAITING]
+
+
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")         # trials asked for by hand
+def test_a_lost_trial_whose_retry_died_with_the_worker_failing_it_is_retried_at_the_next_admission(storage_url):
+    """fail_stale_trials writes the FAIL, then enqueues the retry: a worker killed between the two
+    left the lost config with no retry (the chaos soak on PostgreSQL, once). The next admission
+    enqueues it, once, only while the study still needs trials, and never for a trial that failed
+    with a reason of its own (an interrupted one)."""
+    from optuna.distributions import FloatDistribution
+
+    from mainrun.search.workers import Admission
+    from mainrun.storage import StorageSettings, open_storage
+    storage = open_storage(StorageSettings(storage_url))
+    study = optuna.create_study(study_name=STUDY, storage=storage)
+    lost, interrupted = (study.ask({"x": FloatDistribution(0, 1)}) for _ in range(2))
+    storage.set_trial_state_values(lost._trial_id, TrialState.FAIL)      # the first write; the worker died
+    interrupted.set_user_attr("fail_reason", "interrupted")
+    storage.set_trial_state_values(interrupted._trial_id, TrialState.FAIL)
+
+    full = Admission(storage_url, STUDY, trials=0)
+    assert not full.needed(study)
+    assert [t.state for t in study.get_trials()] == [TrialState.FAIL] * 2    # a full study gets no retry to leave waiting
+    admission = Admission(storage_url, STUDY, trials=3)
+    for _ in range(2):                                                  # the second finds the retry in place
+        assert admission.needed(study)
+        admission.release()
+    trials = study.get_trials()
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.FAIL, TrialState.WAITING]
+    assert trials[2].params == lost.params and trials[2].system_attrs["retry_history"] == [lost.number]

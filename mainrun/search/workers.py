@@ -28,7 +28,7 @@ import optuna
 from optuna.trial import TrialState
 
 from ..errors import InputsChanged, TrialFailed, WorkerBroken
-from ..storage import StorageSettings, drop_idle_connections, open_storage, study_lock
+from ..storage import StorageSettings, drop_idle_connections, open_storage, retry_orphaned_losses, study_lock
 from .console import Echo, say, trial_line, worker_echo
 from .interrupts import Interrupt, check_interrupted, interrupts_caught
 from .study import FINISHED, best_trial, finished_count, tally
@@ -91,6 +91,8 @@ class Admission:
         # WAITING trials (enqueued, or retries of dead workers) are not counted: the next
         # trial a worker asks for *is* the oldest waiting one.
         in_hand = sum(counts[s] for s in (*FINISHED, TrialState.RUNNING))
+        if in_hand < self.trials and retry_orphaned_losses(study):   # the slot goes to the lost config first
+            counts = tally(study)
         # An objective that runs only enqueued trials (a confirmation's) would get a blank trial
         # of its own if it asked with none waiting: one failed for good leaves none to take.
         if in_hand < self.trials and (counts[TrialState.WAITING] or not self.enqueued_only):
