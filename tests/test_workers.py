@@ -2,8 +2,9 @@
 one study (SQLite and PostgreSQL), a worker killed with SIGKILL mid-trial (heartbeat, FAIL, a
 retry that looks for its checkpoint), Ctrl-C / SIGTERM (exit 130 / 143, the running trial recorded
 as FAIL, resume), and machines that share no file lock ending at exactly --trials on PostgreSQL.
-One test runs a worker in this process instead, to land its Ctrl-C inside a storage read through
-SQLAlchemy's own hook (where a real one rarely lands).
+A few tests run a worker in this process instead, to land its Ctrl-C where a real one rarely lands:
+inside a storage read or Optuna's tell (through SQLAlchemy's own hooks), or inside Optuna's ask (a
+sampler's before_trial).
 
 Which trial a worker is training is read from the worker's open file descriptors: train()
 keeps the trial's JSONL log (`trial-<number>.jsonl`) open while it trains, so a signal sent
@@ -426,17 +427,111 @@ def test_a_ctrl_c_inside_a_storage_read_is_recorded_like_any_other(tmp_path, cap
     worker's write (Python's sqlite3 keeps a half-read statement open across the pool's rollback),
     and that connection's next write failed 'database is locked' at once, whatever the busy timeout:
     the search crashed instead of recording the trial as failed and exiting 130."""
-    from mainrun.search.workers import WorkerContext, run_worker
-    from mainrun.storage import StorageSettings, open_storage
+    from mainrun.search.workers import run_worker
     url = f"sqlite:///{tmp_path / 'study.db'}"
-    optuna.create_study(study_name=STUDY, storage=open_storage(StorageSettings(url)))
-    ctx = WorkerContext(objective=InterruptedInsideARead(url), storage=StorageSettings(url), study_name=STUDY,
-                        trials=1, device="cpu", artifacts=str(tmp_path), worker=0, start_time=time.time(),
-                        finished_at_start=0)
-    assert run_worker(ctx) == 130
+    optuna.create_study(study_name=STUDY, storage=open_storage(url))
+    assert run_worker(in_process_worker(tmp_path, url, InterruptedInsideARead(url), trials=1)) == 130
     [trial] = optuna.load_study(study_name=STUDY, storage=url).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
     assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
+
+
+def in_process_worker(tmp_path, url: str, objective, trials: int):
+    """A worker context for run_worker in this process, on the study STUDY at `url`."""
+    from mainrun.search.workers import WorkerContext
+    from mainrun.storage import StorageSettings
+    return WorkerContext(objective=objective, storage=StorageSettings(url), study_name=STUDY, trials=trials,
+                         device="cpu", artifacts=str(tmp_path), worker=0, start_time=time.time(), finished_at_start=0)
+
+
+class SignalWhenAsked(optuna.samplers.RandomSampler):
+    """A real sampler whose Ctrl-C lands inside Optuna's ask for trial `number`: the trial exists
+    (RUNNING) and the objective has not started."""
+
+    def __init__(self, number: int):
+        super().__init__(seed=0)
+        self.number = number
+
+    def before_trial(self, study, trial) -> None:
+        if trial.number == self.number:
+            os.kill(os.getpid(), signal.SIGINT)
+
+
+@dataclass
+class InterruptedWhileAsked:
+    number: int
+
+    def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
+        study.sampler = SignalWhenAsked(self.number)
+        return lambda trial: trial.suggest_float("x", 0, 1)
+
+
+def test_a_ctrl_c_inside_optunas_ask_fails_the_new_trial_as_interrupted(tmp_path, capsys, storage_url):
+    """A Ctrl-C after Optuna created the trial and before the objective began left it RUNNING: a
+    resume waited out its heartbeat grace for it, and its config (an enqueued one, say) was not
+    run again. Another worker's running trial is left alone."""
+    from mainrun.search.workers import run_worker
+    url = storage_url
+    study = optuna.create_study(study_name=STUDY, storage=open_storage(url))
+    others = study.ask()                                    # another worker's, running
+    assert run_worker(in_process_worker(tmp_path, url, InterruptedWhileAsked(number=2), trials=4)) == 130
+    by_number = {t.number: t for t in trials_of(url)}
+    assert by_number[others.number].state == TrialState.RUNNING, describe(by_number.values())
+    assert by_number[1].state == TrialState.COMPLETE, describe(by_number.values())
+    assert by_number[2].state == TrialState.FAIL, describe(by_number.values())
+    assert by_number[2].user_attrs["fail_reason"] == "interrupted"
+    assert "interrupted (SIGINT); trial 2 is recorded as failed" in capsys.readouterr().out
+
+
+@dataclass
+class InterruptedWhileTold:
+    """An objective that ends (returns, or is pruned) with its Ctrl-C set to land in Optuna's
+    tell: at the next statement the worker's thread sends to the database."""
+    pruned: bool
+
+    def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
+        import threading
+
+        from sqlalchemy import event
+        from sqlalchemy.engine import Engine
+
+        def land_here(*_):
+            if threading.current_thread() is threading.main_thread():    # not the heartbeat's
+                event.remove(Engine, "before_execute", land_here)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        def objective(trial: optuna.Trial) -> float:
+            trial.report(0.9, step=0)
+            event.listen(Engine, "before_execute", land_here)
+            if self.pruned:
+                raise optuna.TrialPruned("pruned at evaluation 0")
+            return 0.75
+        self.land_here = land_here
+        return objective
+
+
+@pytest.mark.parametrize("pruned", [False, True], ids=["complete", "pruned"])
+def test_a_ctrl_c_inside_optunas_tell_keeps_the_ended_trials_outcome(tmp_path, capsys, storage_url, pruned):
+    """A Ctrl-C after the objective ended and before Optuna recorded how crashed the worker: Optuna
+    5.1's tell, cut short, raises UnboundLocalError from its own `finally`. The trial stayed
+    RUNNING, its finished run lost, and a resume waited out its heartbeat grace for it."""
+    from sqlalchemy import event
+    from sqlalchemy.engine import Engine
+
+    from mainrun.search.workers import run_worker
+    url = storage_url
+    optuna.create_study(study_name=STUDY, storage=open_storage(url))
+    objective = InterruptedWhileTold(pruned)
+    try:
+        assert run_worker(in_process_worker(tmp_path, url, objective, trials=2)) == 130
+    finally:
+        if event.contains(Engine, "before_execute", objective.land_here):
+            event.remove(Engine, "before_execute", objective.land_here)
+    [trial] = trials_of(url)
+    state = "pruned" if pruned else "complete"
+    assert trial.state == TrialState[state.upper()], describe([trial])
+    assert trial.value == (0.9 if pruned else 0.75)
+    assert f"interrupted (SIGINT); trial 0 had ended and is recorded as {state}" in capsys.readouterr().out
 
 
 def test_a_trial_that_never_sent_a_heartbeat_does_not_block_the_study(tmp_path, titles, quick_space, searches):

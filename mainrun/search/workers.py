@@ -80,11 +80,13 @@ class Admission:
                  enqueued_only: bool = False):
         self.lock = study_lock(storage_url, "admission", study_name)
         self.trials, self.deadline, self.enqueued_only = trials, deadline, enqueued_only
+        self.running_when_admitted: set[int] | None = None   # trial numbers, at the check that admitted
 
     def needed(self, study: optuna.Study) -> bool:
         """Acquire, then check. True: keep the lock (released when the trial starts)."""
         if _past(self.deadline):                  # --timeout: no new trials; running ones finish
             return False
+        self.running_when_admitted = None
         self.lock.acquire()
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial is retried, not counted as running
         counts = tally(study)
@@ -96,9 +98,19 @@ class Admission:
         # An objective that runs only enqueued trials (a confirmation's) would get a blank trial
         # of its own if it asked with none waiting: one failed for good leaves none to take.
         if in_hand < self.trials and (counts[TrialState.WAITING] or not self.enqueued_only):
+            self.running_when_admitted = _running(study)
             return True
         self.lock.release()
         return False
+
+    def asked_since(self, study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
+        """The trial this worker's Optuna asked for after the admission, if the objective has not
+        started it yet: no other worker can ask while the lock is held, so a trial RUNNING now that
+        was not then is this worker's."""
+        if not self.lock.is_locked or self.running_when_admitted is None:
+            return []
+        return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+                if t.number not in self.running_when_admitted]
 
     def release(self) -> None:
         if self.lock.is_locked:
@@ -107,6 +119,20 @@ class Admission:
 
 def _past(deadline: float | None) -> bool:
     return deadline is not None and time.time() >= deadline
+
+
+def _running(study: optuna.Study) -> set[int]:
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+
+
+@dataclass
+class LastTrial:
+    """The trial the worker's objective is running or last ran, and how the objective ended. An
+    interrupt inside the objective is recorded there; one that lands in Optuna's tell, after the
+    objective returned, would leave the trial RUNNING (its result lost, and a resume waiting out
+    its heartbeat grace) unless the worker tells that outcome itself."""
+    trial: optuna.Trial | None = None
+    outcome: tuple[TrialState, float | None] | None = None
 
 
 # ---------------------------------------------------------------------- one worker
@@ -120,10 +146,12 @@ def run_worker(ctx: WorkerContext) -> int:
 def _run_trials(ctx: WorkerContext) -> int:
     echo = worker_echo(ctx.worker)
     admission = Admission(ctx.storage.url, ctx.study_name, ctx.trials, ctx.deadline, ctx.enqueued_only)
+    last = LastTrial()
+    study = storage = None
     try:
         storage = open_storage(ctx.storage)
         study = optuna.load_study(study_name=ctx.study_name, storage=storage)
-        objective = _admitted(ctx.objective.build(study, ctx), admission, storage)
+        objective = _admitted(ctx.objective.build(study, ctx), admission, storage, last)
         failures = refusals = 0
 
         def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -149,31 +177,40 @@ def _run_trials(ctx: WorkerContext) -> int:
         if admission.needed(study):
             study.optimize(objective, callbacks=[after_trial], catch=(TrialFailed,), gc_after_trial=True)
     except KeyboardInterrupt as e:
-        name = str(e) or "SIGINT"
-        stopped = f"; trial {Interrupt.trial} is recorded as failed" if Interrupt.trial is not None else ""
-        echo(f"interrupted ({name}){stopped}")
-        return 143 if name == "SIGTERM" else 130
+        return _interrupted(str(e) or "SIGINT", study, storage, admission, last, echo)
     except InputsChanged as e:
         echo(f"error: {e}")
         return EXIT_INPUTS_CHANGED
     except WorkerBroken as e:
         echo(f"stopping after {e}; a fresh worker takes over")
         return EXIT_WORKER_BROKEN
+    except Exception:
+        # The interrupt, turned into another error by the code it landed in: Optuna's tell, cut
+        # short, raises UnboundLocalError from its own `finally` (Optuna 5.1).
+        if not Interrupt.signal_name:
+            raise
+        return _interrupted(Interrupt.signal_name, study, storage, admission, last, echo)
     finally:
         admission.release()
     return 0
 
 
-def _admitted(objective: Objective, admission: Admission, storage: optuna.storages.RDBStorage) -> Objective:
+def _admitted(objective: Objective, admission: Admission, storage: optuna.storages.RDBStorage,
+              last: LastTrial) -> Objective:
     """`objective` as a worker runs it: the trial now counts, so the next worker may decide; and
     an interrupt, wherever it lands, is recorded as the trial's fail_reason "interrupted" (on fresh
     storage connections: one it interrupted mid-read could not write)."""
     def trial_in_worker(trial: optuna.Trial) -> float:
-        admission.release()
+        last.trial, last.outcome = trial, None
         try:
+            admission.release()
             check_interrupted()
-            return objective(trial)
-        except (TrialFailed, WorkerBroken, optuna.TrialPruned):     # their reasons are recorded
+            value = objective(trial)
+        except optuna.TrialPruned:
+            last.outcome = (TrialState.PRUNED, None)
+            raise
+        except (TrialFailed, WorkerBroken):       # their reasons are recorded
+            last.outcome = (TrialState.FAIL, None)
             raise
         except BaseException as e:
             if not isinstance(e, KeyboardInterrupt) and not Interrupt.signal_name:
@@ -184,9 +221,49 @@ def _admitted(objective: Objective, admission: Admission, storage: optuna.storag
             # of its own (class creation turns it into "RuntimeError: Error calling __set_name__").
             drop_idle_connections(storage)
             trial.set_user_attr("fail_reason", "interrupted")
+            last.outcome = (TrialState.FAIL, None)
             Interrupt.trial = trial.number
             raise KeyboardInterrupt(Interrupt.signal_name or str(e)) from None
+        last.outcome = (TrialState.COMPLETE, value)
+        return value
     return trial_in_worker
+
+
+def _interrupted(name: str, study: optuna.Study | None, storage: optuna.storages.RDBStorage | None,
+                 admission: Admission, last: LastTrial, echo: Echo) -> int:
+    """Say that the worker was interrupted, and what became of its trial; the exit code."""
+    stopped = _record_left_running(study, storage, admission, last, echo) if study is not None else ""
+    echo(f"interrupted ({name}){stopped}")
+    return 143 if name == "SIGTERM" else 130
+
+
+def _record_left_running(study: optuna.Study, storage: optuna.storages.RDBStorage, admission: Admission,
+                         last: LastTrial, echo: Echo) -> str:
+    """Record the trial that the interrupt would otherwise leave RUNNING, and say what became of
+    this worker's trial ('' if it had none). An interrupt inside the objective is recorded there,
+    and Optuna tells it; one outside leaves the telling to this: a trial that Optuna asked for
+    but whose objective never started fails as interrupted (a resume runs its config again), and
+    one whose objective had ended is told that outcome. A storage error here is said, and leaves
+    the trial to its heartbeat."""
+    try:
+        drop_idle_connections(storage)            # the interrupt may have cut a read short
+        for trial in admission.asked_since(study):
+            storage.set_trial_user_attr(trial._trial_id, "fail_reason", "interrupted")
+            study.tell(trial.number, state=TrialState.FAIL)
+            return f"; trial {trial.number} is recorded as failed"
+        if last.trial is None:
+            return ""
+        told_here = last.outcome is not None and last.trial.number in _running(study)
+        if told_here:
+            state, value = last.outcome
+            study.tell(last.trial, value, state=state)
+        if Interrupt.trial == last.trial.number:
+            return f"; trial {last.trial.number} is recorded as failed"
+        return f"; trial {last.trial.number} had ended and is recorded as {state.name.lower()}" if told_here else ""
+    except Exception as e:                        # no worse than before: its heartbeat expires
+        echo(f"could not record the running trial ({type(e).__name__}: {e}); it is failed and retried "
+             "once its heartbeat expires")
+        return ""
 
 
 @contextlib.contextmanager
