@@ -436,6 +436,37 @@ def test_a_ctrl_c_inside_a_storage_read_is_recorded_like_any_other(tmp_path, cap
     assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
 
 
+def test_an_interrupt_that_python_drops_is_acted_on_later_and_not_printed(monkeypatch):
+    """A signal whose KeyboardInterrupt is raised inside a finalizer (or a gc callback) cannot
+    propagate: Python printed it as an "Exception ignored" traceback on the user's Ctrl-C. The
+    worker acts on it at its next check instead; an unrelated unraisable error still reaches the
+    hook that was there before (Python's printer; here a recorder)."""
+    import sys
+
+    from mainrun.search.interrupts import check_interrupted, interrupts_caught
+
+    class SignalledWhileFinalized:
+        def __del__(self):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(10_000):           # the handler runs here, inside the finalizer
+                pass
+
+    class FailsWhileFinalized:
+        def __del__(self):
+            raise ValueError("a finalizer's own error")
+
+    reached = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: reached.append(unraisable.exc_value))
+    with interrupts_caught():
+        SignalledWhileFinalized()
+        FailsWhileFinalized()
+        with pytest.raises(KeyboardInterrupt, match="SIGINT"):
+            check_interrupted()
+    assert [type(e) for e in reached] == [ValueError], reached
+    FailsWhileFinalized()                     # after the worker: the hook before it, put back
+    assert [type(e) for e in reached] == [ValueError, ValueError], reached
+
+
 def in_process_worker(tmp_path, url: str, objective, trials: int):
     """A worker context for run_worker in this process, on the study STUDY at `url`."""
     from mainrun.search.workers import WorkerContext

@@ -3,14 +3,15 @@ worker is, the running trial is recorded as failed ("interrupted", so a resume r
 the worker exits 130 or 143.
 
 The handler raises wherever the main thread is; when that is inside a garbage-collector callback
-(gc runs them between trials and at any allocation), Python prints "Exception ignored" and drops
-it. So the objective also checks at every evaluation, and the worker between trials
-(`check_interrupted`).
+(gc runs them between trials and at any allocation), or in a finalizer, Python drops it (and would
+print an "Exception ignored" traceback, which is kept quiet). So the objective also checks at every
+evaluation, and the worker between trials (`check_interrupted`).
 """
 from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 
 
 class Interrupt:
@@ -37,12 +38,20 @@ def check_interrupted() -> None:
 @contextlib.contextmanager
 def interrupts_caught():
     """SIGINT and SIGTERM interrupt the worker (and are recorded) while it runs; the handlers
-    before it are put back afterwards."""
+    before it are put back afterwards. An interrupt that Python drops is not printed: the worker
+    acts on it at its next check, so its "Exception ignored" traceback would only alarm."""
     Interrupt.signal_name = Interrupt.trial = None
     handlers = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
+    unraisable_hook = sys.unraisablehook
+
+    def quiet_about_dropped_interrupts(unraisable) -> None:
+        if not (isinstance(unraisable.exc_value, KeyboardInterrupt) and Interrupt.signal_name):
+            unraisable_hook(unraisable)
+    sys.unraisablehook = quiet_about_dropped_interrupts
     try:
         yield
     finally:
+        sys.unraisablehook = unraisable_hook
         for sig, handler in handlers.items():
             signal.signal(sig, handler)
         Interrupt.signal_name = Interrupt.trial = None
