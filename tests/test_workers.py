@@ -16,6 +16,7 @@ import os
 import re
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -512,6 +513,47 @@ def test_a_ctrl_c_inside_optunas_ask_fails_the_new_trial_as_interrupted(tmp_path
     assert by_number[2].state == TrialState.FAIL, describe(by_number.values())
     assert by_number[2].user_attrs["fail_reason"] == "interrupted"
     assert "interrupted (SIGINT); trial 2 is recorded as failed" in capsys.readouterr().out
+
+
+@dataclass
+class InterruptedAsItsHeartbeatStarts:
+    """A Ctrl-C right after Optuna started the trial's heartbeat thread, inside the entry of the
+    `with` that would stop it (a profile hook sends it as HeartbeatThread.start returns)."""
+
+    def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
+        import sys
+
+        from optuna.storages._heartbeat import HeartbeatThread
+
+        def land_here(frame, event, _arg):
+            if event == "return" and frame.f_code is HeartbeatThread.start.__code__:
+                sys.setprofile(None)
+                os.kill(os.getpid(), signal.SIGINT)
+        sys.setprofile(land_here)
+        return lambda trial: pytest.fail("the SIGINT did not land as the heartbeat started")
+
+
+def heartbeat_threads() -> list:
+    return [t for t in threading.enumerate() if t.name.endswith("(_record_heartbeat)")]
+
+
+def test_a_ctrl_c_as_a_trials_heartbeat_starts_stops_that_heartbeat(tmp_path, capsys):
+    """The interrupt skipped the `with`'s exit, so nothing stopped the thread: it beat on for a
+    trial already recorded, and the worker's process never exited (it waits for the thread)."""
+    import sys
+
+    from mainrun.search.workers import _stop_heartbeats_left_beating, run_worker
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name=STUDY, storage=open_storage(url))
+    try:
+        assert run_worker(in_process_worker(tmp_path, url, InterruptedAsItsHeartbeatStarts(), trials=1)) == 130
+        assert heartbeat_threads() == []
+    finally:
+        sys.setprofile(None)
+        _stop_heartbeats_left_beating()       # a failed run must not hang the test session at exit
+    [trial] = trials_of(url)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
 
 
 @dataclass

@@ -19,6 +19,7 @@ import multiprocessing
 import os
 import signal
 import sys
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -140,7 +141,23 @@ def run_worker(ctx: WorkerContext) -> int:
     """One worker: run trials until the study holds `ctx.trials` finished ones.
     Returns 0, or 130/143 when interrupted (the running trial is recorded as FAIL)."""
     with interrupts_caught(), _cpu_threads(ctx.threads), optuna_quieted():
-        return _run_trials(ctx)
+        try:
+            return _run_trials(ctx)
+        finally:
+            _stop_heartbeats_left_beating()
+
+
+def _stop_heartbeats_left_beating() -> None:
+    """Stop the trial heartbeat threads that nobody else will stop. An interrupt inside the entry
+    of Optuna's `with` around a trial (Thread.start() waits there for the new thread) skips its
+    exit: the thread beats on for a trial already recorded, and the process never exits, since
+    it waits for that thread (a worker hung after Ctrl-C, about once in 200). Optuna keeps no
+    handle on the thread: it is found by its target, and its stop event is its last argument."""
+    from optuna.storages._heartbeat import HeartbeatThread
+    for thread in threading.enumerate():
+        if getattr(thread, "_target", None) is HeartbeatThread._record_heartbeat:
+            thread._args[-1].set()
+            thread.join()
 
 
 def _run_trials(ctx: WorkerContext) -> int:
