@@ -27,7 +27,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from helpers import SPACES, cli, interrupted_inside_the_next_read
+from helpers import SPACES, TINY, cli, interrupted_inside_the_next_read
 from mainrun.soak import trial_in_training as training
 
 SMOKE = SPACES / "smoke.yaml"
@@ -435,6 +435,56 @@ def test_a_ctrl_c_inside_a_storage_read_is_recorded_like_any_other(tmp_path, cap
     [trial] = optuna.load_study(study_name=STUDY, storage=url).trials
     assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
     assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
+
+
+class InterruptedInsideThePrunersRead(optuna.pruners.BasePruner):
+    """A pruner whose Ctrl-C lands inside its read of the study, as another worker writes."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
+        def another_worker_writes():
+            optuna.load_study(study_name=STUDY, storage=self.url).set_user_attr("other_worker", trial.number)
+        with interrupted_inside_the_next_read(lambda: os.kill(os.getpid(), signal.SIGINT), another_worker_writes):
+            study.get_trials(deepcopy=False)
+        pytest.fail("the SIGINT did not interrupt the read")
+
+
+@dataclass
+class TrainingInterruptedInsideARead:
+    """A real training trial (mainrun's TrialRunner, the tiny config), interrupted inside the
+    pruner's read at its first evaluation."""
+    url: str
+    config: dict
+
+    def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
+        from mainrun.config import RunConfig
+        from mainrun.data import prepare_data
+        from mainrun.search.objective import TrialRunner
+        cfg = RunConfig.from_dict(self.config)
+        runner = TrialRunner(prepare_data(cfg, log=lambda _m: None), ctx)
+        study.pruner = InterruptedInsideThePrunersRead(self.url)
+        return lambda trial: runner(trial, cfg)
+
+
+def test_a_training_trial_interrupted_inside_a_storage_read_keeps_its_artifacts(tmp_path, titles_file, capsys):
+    """An interrupted trial keeps its config and partial log as artifacts, as any other does. Their
+    upload, after a Ctrl-C inside a read, took a pooled connection that the read had left unable to
+    write ('database is locked' at once), and the artifacts were lost."""
+    from mainrun.search.workers import run_worker
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    optuna.create_study(study_name=STUDY, storage=open_storage(url))
+    objective = TrainingInterruptedInsideARead(url, {**TINY, "dataset": str(titles_file)})
+    assert run_worker(in_process_worker(tmp_path, url, objective, trials=1)) == 130
+    [trial] = trials_of(url)
+    assert trial.state == TrialState.FAIL and trial.user_attrs["fail_reason"] == "interrupted"
+    assert "artifact_error" not in trial.user_attrs, trial.user_attrs
+    storage = open_storage(url)
+    kept = {meta.filename for meta in optuna.artifacts.get_all_artifact_meta(trial, storage=storage)}
+    storage.engine.dispose()
+    assert kept == {"trial-0-config.yaml", "trial-0.jsonl"}, kept
+    assert "not saved as artifacts" not in capsys.readouterr().out
 
 
 def test_an_interrupt_that_python_drops_is_acted_on_later_and_not_printed(monkeypatch):

@@ -31,8 +31,9 @@ from ..data import Data, prepare_data
 from ..errors import ConfigError, DataError, InputsChanged, ScoringError, TrialFailed, TrialRefused, WorkerBroken
 from ..formats import GIB, byte_size
 from ..space import SearchSpace, load_space
+from ..storage import drop_idle_connections
 from .console import Echo, say
-from .interrupts import check_interrupted
+from .interrupts import Interrupt, check_interrupted
 from .study import FINISHED, sampler_seed, set_policy
 from .workers import Objective, WorkerContext
 
@@ -165,6 +166,8 @@ class TrialRunner:
             gc.collect()
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
+            if Interrupt.signal_name:             # a read it cut short may have left a connection unable to write
+                drop_idle_connections(trial.storage)
             self._keep_artifacts(trial, workdir, cfg, log_path, curves)
         _record(trial, result)
         if result.diverged:
