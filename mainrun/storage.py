@@ -257,12 +257,11 @@ def open_storage(settings: StorageSettings) -> optuna.storages.RDBStorage:
 
 def drop_idle_connections(storage: optuna.storages.BaseStorage) -> None:
     """Close the storage's pooled connections (an RDBStorage, or a study's cache of one: a trial's
-    `storage`); the next call opens fresh ones. For after an
-    interrupt: one that lands inside a read, between the SELECT and the fetch of its rows, leaves
-    that SQLite connection holding the read's snapshot (Python's sqlite3 keeps the half-read
-    statement open through the pool's rollback), and its next write fails "database is locked"
-    at once, whatever the busy timeout, if anyone wrote since. Connections checked out (the
-    heartbeat thread's) are left alone."""
+    `storage`); the next call opens fresh ones. For after an interrupt: one that lands inside a
+    read, between the SELECT and the fetch of its rows, leaves that SQLite connection holding the
+    read's snapshot (Python's sqlite3 keeps the half-read statement open through the pool's
+    rollback), and its next write fails "database is locked" at once, whatever the busy timeout,
+    if anyone wrote since. Connections checked out (the heartbeat thread's) are left alone."""
     getattr(storage, "_backend", storage).engine.dispose()
 
 

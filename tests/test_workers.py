@@ -407,6 +407,16 @@ def test_ctrl_c_to_parent_of_two_workers(tmp_path, titles, quick_space, searches
     assert not process_group(search.pid), [Path(f"/proc/{p}/cmdline").read_bytes() for p in process_group(search.pid)]
 
 
+def ctrl_c_inside_a_read(url: str, read: Callable[[], object], number: int) -> None:
+    """`read()` (a storage read), with a real SIGINT landing inside it just after another worker
+    wrote to the study at `url`."""
+    def another_worker_writes():
+        optuna.load_study(study_name=STUDY, storage=url).set_user_attr("other_worker", number)
+    with interrupted_inside_the_next_read(lambda: os.kill(os.getpid(), signal.SIGINT), another_worker_writes):
+        read()
+    pytest.fail("the SIGINT did not interrupt the read")
+
+
 @dataclass
 class InterruptedInsideARead:
     """An objective whose Ctrl-C lands inside a storage read (the pruner's, at an evaluation)."""
@@ -414,12 +424,8 @@ class InterruptedInsideARead:
 
     def build(self, study: optuna.Study, ctx) -> Callable[[optuna.Trial], float]:
         def objective(trial: optuna.Trial) -> float:
-            def another_worker_writes():
-                optuna.load_study(study_name=STUDY, storage=self.url).set_user_attr("other_worker", trial.number)
             trial.report(1.0, step=0)
-            with interrupted_inside_the_next_read(lambda: os.kill(os.getpid(), signal.SIGINT), another_worker_writes):
-                trial.should_prune()
-            pytest.fail("the SIGINT did not interrupt the read")
+            ctrl_c_inside_a_read(self.url, trial.should_prune, trial.number)
         return objective
 
 
@@ -444,11 +450,7 @@ class InterruptedInsideThePrunersRead(optuna.pruners.BasePruner):
         self.url = url
 
     def prune(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> bool:
-        def another_worker_writes():
-            optuna.load_study(study_name=STUDY, storage=self.url).set_user_attr("other_worker", trial.number)
-        with interrupted_inside_the_next_read(lambda: os.kill(os.getpid(), signal.SIGINT), another_worker_writes):
-            study.get_trials(deepcopy=False)
-        pytest.fail("the SIGINT did not interrupt the read")
+        ctrl_c_inside_a_read(self.url, lambda: study.get_trials(deepcopy=False), trial.number)
 
 
 @dataclass
