@@ -64,8 +64,8 @@ def gpu_name() -> str:
     return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
 
 
-def gpu_peak() -> float | None:
-    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in gpu_name()), None)
+def gpu_peak(name: str) -> float | None:
+    return next((v for k, v in BF16_PEAK_TFLOPS.items() if k in name), None)
 
 
 def _comma_ints(parser: argparse.ArgumentParser, flag: str, raw: str, expected: str) -> list[int]:
@@ -305,7 +305,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
         result = train(cfg, data, device=dev, progress=False, echo=None, checkpoint=saver)
     tflops = flops_per_token(cfg, data.vocab_size) * result.steps * cfg.batch_size * cfg.block_size \
         / result.train_seconds / 1e12
-    peak = gpu_peak()
+    peak = gpu_peak(result.device_name)
     return {"run": name, "sharing_device_with": sharing - 1, "val_loss": result.val_loss,
             "data_s": data.prep_seconds, "data_cached": data.cached, "train_s": result.train_seconds,
             "setup_s": result.setup_seconds, "loop_s": result.train_seconds - result.setup_seconds,
@@ -314,7 +314,7 @@ def measure(name: str, cfg: RunConfig, device: str, cache_dir: str | None, shari
             "peak_frac": tflops / peak if peak else None, "steps": result.steps,
             "steps_per_epoch": steps_per_epoch(cfg, len(data.train_ids)), "params": result.n_params,
             "peak_mem_mb": result.peak_memory_mb, "est_mem_mb": estimate / 2**20, "device": result.device,
-            "gpu": gpu_name(), **(checkpoint_costs(saver.saves, result.train_seconds) if saver else {})}
+            "gpu": result.device_name, **(checkpoint_costs(saver.saves, result.train_seconds) if saver else {})}
 
 
 def checkpoint_costs(saves: list[tuple[float, int]], train_seconds: float) -> dict:

@@ -170,7 +170,7 @@ def search_throughput(space: str, dataset: str, trials: int, jobs: list[int], pr
                              cache_dir=cache_dir, artifacts=str(scratch / "artifacts"))
         with inductor_cache(cache):
             start = time.perf_counter()
-            code = run_search(opts)
+            code = run_search(opts).exit_code
             wall = time.perf_counter() - start
         rows.append({**search_row(" ".join(["search jobs", str(n), *filter(None, varied)]), n, storage, name, wall,
                                   code, cache), "sampler": sampler, "pruner": pruner, "seed": seed})
@@ -247,7 +247,6 @@ def replay_throughput(source_storage: str, source_study: str, dataset: str, jobs
 # ---------------------------------------------------------------------- the figures
 def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float, code: int, cache: str) -> dict:
     """What a search (or a replay) cost and found, from its trials."""
-    from .bench import gpu_name
     trials = optuna.load_study(study_name=study_name, storage=storage).get_trials(deepcopy=False)
     finished = [t for t in trials if t.state in FINISHED]
     complete = [t.value for t in trials if t.state == TrialState.COMPLETE]
@@ -266,7 +265,8 @@ def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float,
             "kept_shape_trials": len(kept), "kept_setup_median_s": statistics.median(kept) if kept else None,
             "traced_trials": len(traced), "traced_setup_median_s": statistics.median(traced) if traced else None,
             "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
-            "best": min(complete) if complete else None, "gpu": gpu_name()}
+            "best": min(complete) if complete else None,
+            "devices": sorted({t.user_attrs["device"] for t in trials if "device" in t.user_attrs})}
 
 
 def print_search_rows(rows: list[dict]) -> None:
@@ -279,6 +279,8 @@ def print_search_rows(rows: list[dict]) -> None:
         print(f"{r['run']:<{width}}{r['inductor_cache']:>7}{r['finished']:>9}{r['pruned']:>7}{r['failed']:>7}"
               f"{r['wall_s']:>9.1f}{r['device_s']:>10.1f}{share:>8}{r['trials_per_hour']:>10.1f}"
               f"{r['full_runs_per_hour']:>12.1f}{best:>9}")
+    if devices := sorted({d for r in rows for d in r.get("devices", [])}):
+        print(f"trained on: {', '.join(devices)}")
     for r in rows:
         if r.get("kept_shape_trials") and r.get("traced_trials"):
             print(f"{r['run']}: setup per trial (median) {r['traced_setup_median_s']:.2f} s in the "

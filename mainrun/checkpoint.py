@@ -49,7 +49,6 @@ if TYPE_CHECKING:
 
     from .config import RunConfig
     from .data import Data
-    from .train import RunResult, TrainStep
 
 CHECKPOINT_SHARE = 0.02           # of a run's training time, at most, spent saving checkpoints
 SAVE_BYTES_PER_SECOND = 2**30     # a save's speed until the first one is timed: a local disk's, low end
@@ -194,11 +193,13 @@ class Checkpointer:
         self._run: tuple | None = None
         self._started = 0.0
 
-    def attach(self, model, opt, train_step: TrainStep, step_losses: torch.Tensor, result: RunResult,
+    def attach(self, model, opt, train_step, step_losses: torch.Tensor, result,
                t0: float) -> tuple[int, int, int, int, float]:
-        """Called by train() before its first step, with the objects it mutates. Restores a resumed
-        run into them; returns the loop's (data pointer, step, loss-buffer read position, evaluation
-        index, t0 moved back by the seconds already trained)."""
+        """Called by train() before its first step, with the objects it mutates: the model, its
+        optimizer, its `TrainStep` (a gradient group cut mid-way) and its `RunResult` (the curves so
+        far). Restores a resumed run into them; returns the loop's (data pointer, step, loss-buffer
+        read position, evaluation index, t0 moved back by the seconds already trained). The loop's
+        types are not imported: train imports this module."""
         self._run = (model, opt, train_step, step_losses, result, t0)
         self._started = time.perf_counter()
         if self.resume is None:

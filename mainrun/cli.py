@@ -118,7 +118,7 @@ def train_main(argv: list[str] | None = None) -> int:
     peak = "" if result.peak_memory_mb is None else f", peak {result.peak_memory_mb:,.0f} MiB"
     print(f"done: {result.steps} steps, train {result.train_seconds:.1f}s (setup {result.setup_seconds:.1f}s), "
           f"data {result.prep_seconds:.1f}s, {result.tokens_per_second:,.0f} tokens/s, {result.n_params:,} params, "
-          f"device {result.device} ({result.precision}){peak}, log {Path(args.log)}")
+          f"device {result.device_label}{peak}, log {Path(args.log)}")
     if not cfg.comparable:
         print("NOTE: mainrun_rules is off; this value is not comparable with Mainrun's.")
     if cfg.effective_train_seed != cfg.seed:
@@ -248,10 +248,20 @@ def search_main(argv: list[str] | None = None) -> int:
         storage=StorageSettings(args.storage, args.heartbeat, args.heartbeat_grace), jobs=args.jobs,
         gpus=args.gpus, jobs_per_gpu=args.jobs_per_gpu, seed=args.seed, new_study=args.new_study,
         cache_dir=args.cache_dir, artifacts=args.artifacts, sampler=args.sampler, pruner=args.pruner,
-        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard, confirm=args.confirm,
+        memory_budget_gib=args.memory_budget, timeout=args.timeout, tensorboard=args.tensorboard,
         checkpoint_dir=args.checkpoint_dir)
     try:
-        return plan_search(opts) if args.dry_run else run_search(opts)
+        if args.dry_run:
+            code = plan_search(opts)
+            if args.confirm:
+                from .confirm.run import plan_after_search
+                plan_after_search(opts, top=args.confirm)
+            return code
+        searched = run_search(opts)
+        if not args.confirm:
+            return searched.exit_code
+        from .confirm.run import confirm_after_search
+        return confirm_after_search(opts, searched, top=args.confirm)
     except MainrunError as e:
         _fail(str(e))
 

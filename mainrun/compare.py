@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import inspect
 import json
+import re
 import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -296,9 +297,10 @@ def name_spaces(results: list[StudyResult], attrs: list[dict[str, Any]]) -> None
 
 
 def caveats(studies: list[optuna.Study]) -> list[str]:
-    """What makes the studies' values incomparable: other data, or spaces that fix different
-    run fields (epochs, scoring geometry, ...). Different params or policies are what a
-    comparison is for, so they are not caveats."""
+    """What makes the studies incomparable: other data, or spaces that fix different run fields
+    (epochs, scoring geometry, ...), for their values; other devices (GPU model, precision), for
+    their device time, the budget the comparison is made at. Different params or policies are
+    what a comparison is for, so they are not caveats."""
     said = []
     titles = {s.study_name: s.user_attrs.get("titles_sha256") for s in studies}
     if len({t for t in titles.values() if t}) > 1:
@@ -312,7 +314,19 @@ def caveats(studies: list[optuna.Study]) -> list[str]:
         values = ", ".join(f"'{name}' {f.get(k, '(default)')!r}" for name, f in fixed.items())
         said.append(f"The studies' spaces fix different run fields ({', '.join(map(str, differ))}; {k}: {values}), "
                     "so their values may not compare.")
+    devices = {s.study_name: _devices(s) for s in studies}
+    if len({frozenset(d) for d in devices.values() if d}) > 1:
+        values = "; ".join(f"'{name}' {', '.join(sorted(d))}" for name, d in devices.items() if d)
+        said.append(f"The studies trained on different devices ({values}), so their device time, the budget "
+                    "they are compared at, does not compare.")
     return said
+
+
+def _devices(study: optuna.Study) -> set[str]:
+    """The devices a study's trials recorded, without the GPU index ('cuda NVIDIA H200 (bf16)'):
+    the machine's other GPU of the same model trains at the same speed."""
+    return {re.sub(r"^(\w+):\d+", r"\1", str(t.user_attrs["device"]))
+            for t in study.get_trials(deepcopy=False) if "device" in t.user_attrs}
 
 
 # ---------------------------------------------------------------------- the comparison in words

@@ -1,8 +1,7 @@
 """mainrun-export: a trial's recorded run config (or a confirmation's best), written as a YAML file that
-mainrun-train runs; and the command lines that export and confirm, for the closing lines of the tools."""
+mainrun-train runs."""
 from __future__ import annotations
 
-import shlex
 import time
 from pathlib import Path
 
@@ -10,9 +9,10 @@ import optuna
 from optuna.trial import TrialState
 
 from . import __version__
+from .commands import confirm_command
 from .config import RunConfig
 from .errors import SearchError
-from .storage import open_study_readonly, storage_flag
+from .storage import open_study_readonly
 
 
 def export_trial(storage_url: str, study_name: str, out: str,
@@ -46,6 +46,7 @@ def export_trial(storage_url: str, study_name: str, out: str,
 def export_confirmed(storage_url: str, study_name: str, out: str):
     """Write the run config of the confirmed config with the best mean over its train seeds (the
     official run's config: train_seed null); return its `Confirmed` entry."""
+    # Imported here: the confirmation's modules load torch, which a plain export does without (~2 s).
     from .confirm.companion import read_companion
     from .confirm.console import spread_text
     from .confirm.results import read_confirmation
@@ -74,15 +75,3 @@ def _write(cfg: RunConfig, out: str, header: str) -> None:
         cfg.to_yaml(out, header=header)
     except OSError as e:
         raise SearchError(f"cannot write {out}: {e.strerror or e}") from None
-
-
-def export_command(storage_url: str, study_name: str, confirmed: bool = False) -> str:
-    """The shell line that exports a study's best trial (or, `confirmed`, its config with the
-    best confirmed mean) and trains it (names quoted for the shell)."""
-    return (f"mainrun-export --study {shlex.quote(study_name)}{storage_flag(storage_url)}"
-            f"{' --confirmed' if confirmed else ''} --out best.yaml && mainrun-train --config best.yaml")
-
-
-def confirm_command(storage_url: str, study_name: str) -> str:
-    """The shell line that confirms a study's finalists on extra train seeds."""
-    return f"mainrun-confirm --study {shlex.quote(study_name)}{storage_flag(storage_url)}"

@@ -24,7 +24,7 @@ from .confirm.figures import confirmed_section, study_confirmation
 from .curves import curves_figure, trial_curves, write_curves_png
 from .edges import recorded_space_edges
 from .errors import SearchError
-from .export import export_command
+from .commands import export_command
 from .formats import duration
 from .pages import PNG_DPI, output_folder, plot_div, render_page
 from .search.study import METRIC, best_trial, display_params

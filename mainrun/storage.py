@@ -41,12 +41,6 @@ def redact(url: str) -> str:
     return parsed.render_as_string(hide_password=True).replace("password=%2A%2A%2A", "password=***")
 
 
-def storage_flag(url: str) -> str:
-    """' --storage URL' for a command line to print (quoted, password hidden); '' for the default."""
-    import shlex
-    return "" if url == DEFAULT_STORAGE else f" --storage {shlex.quote(redact(url))}"
-
-
 @dataclass
 class StorageSettings:
     url: str = DEFAULT_STORAGE

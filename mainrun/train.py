@@ -73,7 +73,13 @@ class RunResult:
     tokens_per_second: float = 0.0
     peak_memory_mb: float | None = None                # max_memory_allocated; measured on CUDA only
     device: str = "cpu"
+    device_name: str = "cpu"                           # the GPU's model, without which timings mean little
     precision: str = "fp32"
+
+    @property
+    def device_label(self) -> str:                     # 'cuda:0 NVIDIA H200 (bf16)', 'cpu (fp32)'
+        model = f" {self.device_name}" if self.device_name != self.device else ""
+        return f"{self.device}{model} ({self.precision})"
 
 
 class RunObserver:
@@ -462,7 +468,8 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers,
     runlog.log("hyperparameters_configured", **cfg.to_dict(), effective_train_seed=cfg.effective_train_seed,
                robustness_run=cfg.effective_train_seed != cfg.seed)
     compile_mode = resolve_compile(cfg, dev, say)
-    runlog.log("device_info", device=str(dev), precision=precision, compile=compile_mode)
+    device_name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"
+    runlog.log("device_info", device=str(dev), device_name=device_name, precision=precision, compile=compile_mode)
     train_ids = torch.as_tensor(data.train_ids, dtype=torch.long, device=dev)
     val_ids = torch.as_tensor(data.val_ids, dtype=torch.long, device=dev)
     batches = steps_per_epoch(cfg, len(train_ids))
@@ -483,7 +490,7 @@ def _train(cfg, data, dev, precision, on_eval, runlog, progress, say, observers,
     traced_before = _traced_graphs() if compile_mode != "none" else None
     result = RunResult(val_loss=float("nan"), max_steps=max_steps, optimizer_steps=updates,
                        n_params=model.num_params(), prep_seconds=data.prep_seconds, device=str(dev),
-                       precision=precision)
+                       device_name=device_name, precision=precision)
     runlog.log("model_info", parameters_count=result.n_params)
     t0 = time.perf_counter()                          # training time includes the graph capture
     graph = cfg.cuda_graph and dev.type == "cuda" and capture_verified(cfg)

@@ -34,6 +34,7 @@ def test_search_rows_give_the_headline_figures(tmp_path, titles_file):
     spent = sum(t.user_attrs["train_seconds"] + t.user_attrs["prep_seconds"] for t in trials)
     assert row["setup_s"] == pytest.approx(setup) and row["setup_share"] == pytest.approx(setup / spent)
     assert row["inductor_cache"] == "empty" and 0 < row["setup_share"] < 1
+    assert row["devices"] == ["cpu (fp32)"] and "trained on: cpu (fp32)" in stdout     # timings name their device
     for column in ("wall s", "device s", "setup %", "trials/h", "full runs/h", "best"):
         assert column in stdout
 

@@ -104,6 +104,23 @@ def test_compare_says_when_the_studies_values_do_not_compare():
     assert verdict(cmp).startswith("The studies ran on different data")
 
 
+
+def test_compare_says_when_the_studies_device_time_does_not_compare():
+    from mainrun.compare import compare_studies
+
+    def on(device: str, study: optuna.Study) -> optuna.Study:      # the study, every trial trained there
+        trials = study.get_trials()
+        for t in trials:
+            t.user_attrs = {**t.user_attrs, "device": device}
+        return _in_memory_study(study.study_name, study.user_attrs, trials)
+    pruning, plain = _pruning_and_plain_studies()
+    pruning = on("cuda:0 NVIDIA H100 80GB HBM3 (bf16)", pruning)
+    assert compare_studies([pruning, on("cuda:3 NVIDIA H100 80GB HBM3 (bf16)", plain)]).caveats == []   # the index
+    cmp = compare_studies([pruning, on("cuda:0 NVIDIA H200 (bf16)", plain)])
+    assert cmp.caveats == ["The studies trained on different devices ('with-pruning' cuda NVIDIA H100 80GB HBM3 "
+                           "(bf16); 'plain' cuda NVIDIA H200 (bf16)), so their device time, the budget they are "
+                           "compared at, does not compare."]
+
 def test_compare_pruning_goal_not_met_policy_fallbacks_and_refusals():
     from mainrun.compare import compare_studies, pruning_goal_sentence, study_policy
     from mainrun.errors import SearchError

@@ -301,7 +301,7 @@ def test_confirmation_pairs_the_seeds_and_leaves_the_search_study_alone(tmp_path
     url = f"sqlite:///{tmp_path / 's.db'}"
     where = dict(storage=StorageSettings(url), dataset=str(titles_file), device="cpu",
                  artifacts=str(tmp_path / "artifacts"))
-    assert run_search(SearchOptions(space=str(quick_space), trials=2, study="s", seed=0, **where)) == 0
+    assert run_search(SearchOptions(space=str(quick_space), trials=2, study="s", seed=0, **where)).exit_code == 0
     assert "mainrun-confirm --study s --storage" in capsys.readouterr().out          # the closing lines name it
     trials_before = [(t.number, t.state, t.value) for t in optuna.load_study(study_name="s", storage=url).trials]
     suggestion_before = next_suggestion(url, "s", titles_file)
@@ -333,17 +333,32 @@ def test_confirmation_pairs_the_seeds_and_leaves_the_search_study_alone(tmp_path
     assert len(optuna.load_study(study_name="s-confirm", storage=url).trials) == 4
 
 
-def test_search_with_confirm_runs_the_confirmation_on_its_workers(tmp_path, titles_file, quick_space, capsys):
-    from mainrun.search import SearchOptions, run_search
+def test_search_with_confirm_confirms_the_study_it_ran_on_its_workers(tmp_path, titles_file, quick_space, capsys):
+    """mainrun-search --confirm K, with --new-study: the search runs in 's-2' (an 's' of another space
+    exists), and the confirmation must follow it there."""
+    from mainrun.cli import search_main
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    flags = ["--storage", url, "--study", "s", "--trials", "1", "--dataset", str(titles_file), "--device", "cpu",
+             "--artifacts", str(tmp_path / "a")]
+    assert search_main(["--space", str(SPACES / "smoke.yaml"), *flags]) == 0
+    assert search_main(["--space", str(quick_space), *flags, "--new-study", "--confirm", "1"]) == 0
+    assert "confirmation of study 's-2'" in capsys.readouterr().out
+    assert "s-confirm" not in optuna.get_all_study_names(url)
+    runs = optuna.load_study(study_name="s-2-confirm", storage=url).trials
+    assert sorted(t.user_attrs["train_seed"] for t in runs if t.state == TrialState.COMPLETE) == [1, 2, 3]
+    assert {t.user_attrs["source_study"] for t in runs} == {"s-2"}
+
+
+
+def test_a_search_that_did_not_finish_is_not_confirmed(tmp_path, capsys):
+    from mainrun.confirm.run import confirm_after_search
+    from mainrun.search import Searched, SearchOptions
     from mainrun.storage import StorageSettings
     url = f"sqlite:///{tmp_path / 's.db'}"
-    assert run_search(SearchOptions(space=str(quick_space), trials=1, study="s", storage=StorageSettings(url),
-                                    dataset=str(titles_file), device="cpu", artifacts=str(tmp_path / "a"),
-                                    confirm=1)) == 0
-    assert "confirmation of study 's'" in capsys.readouterr().out
-    runs = optuna.load_study(study_name="s-confirm", storage=url).trials
-    assert sorted(t.user_attrs["train_seed"] for t in runs if t.state == TrialState.COMPLETE) == [1, 2, 3]
-
+    opts = SearchOptions(space="unused.yaml", storage=StorageSettings(url), device="cpu")
+    assert confirm_after_search(opts, Searched(exit_code=130, study_name="s"), top=1) == 130
+    assert "confirm: not started, since the search did not finish" in capsys.readouterr().out
+    assert not (tmp_path / "s.db").exists()
 
 def _training(pid: int) -> bool:
     """Whether the process has a trial's JSONL log open, i.e. trains a run now."""

@@ -524,7 +524,7 @@ def test_out_of_memory_is_recorded_as_failed_and_the_search_goes_on(tmp_path, ti
     torch.set_num_threads(max(1, usable_cpus() - 1))      # differs from the worker's share where it can
     try:
         code = run_search(SearchOptions(space=str(SMOKE), trials=2, dataset=str(titles_file), study="o",
-                                        storage=StorageSettings(f"sqlite:///{tmp_path / 'o.db'}")))
+                                        storage=StorageSettings(f"sqlite:///{tmp_path / 'o.db'}"))).exit_code
         assert torch.get_num_threads() == max(1, usable_cpus() - 1)
         assert (signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)) == handlers
     finally:
@@ -548,7 +548,7 @@ def _assert_a_sigterm_in_train_stops_the_search(tmp_path, titles_file, monkeypat
     monkeypatch.chdir(tmp_path)
     url = f"sqlite:///{tmp_path / 's.db'}"
     code = run_search(SearchOptions(space=str(SMOKE), trials=3, dataset=str(titles_file), study="s",
-                                    storage=StorageSettings(url)))
+                                    storage=StorageSettings(url))).exit_code
     assert code == 143
     trials = optuna.load_study(study_name="s", storage=url).trials
     assert [(t.state, t.user_attrs.get("fail_reason")) for t in trials] == [(TrialState.FAIL, "interrupted")]
@@ -623,7 +623,7 @@ def test_an_artifacts_folder_that_fails_costs_the_artifacts_not_the_result(tmp_p
     monkeypatch.setattr(mainrun.train, "train", train_then_lose_the_folder)
     url = f"sqlite:///{tmp_path / 'a.db'}"
     code = run_search(SearchOptions(space=str(SMOKE), trials=1, dataset=str(titles_file), study="a",
-                                    storage=StorageSettings(url), artifacts=str(artifacts)))
+                                    storage=StorageSettings(url), artifacts=str(artifacts))).exit_code
     assert code == 0
     [trial] = optuna.load_study(study_name="a", storage=url).trials
     assert trial.state == TrialState.COMPLETE and trial.value > 0
@@ -719,7 +719,7 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
 
     from mainrun.config import PRESETS, RunConfig
     from mainrun.memory import estimate_memory_bytes
-    proc = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", "--memory-budget", "9",
+    proc = search(tmp_path, "--dry-run", "--dataset", "not-read.txt", "--memory-budget", "9", "--confirm", "3",
                   space=SPACES / "arch.yaml")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = proc.stdout
@@ -732,6 +732,9 @@ def test_dry_run_shows_the_plan_and_touches_nothing(tmp_path):
     assert re.search(rf"enqueued report-003 +117\.\dM params  ~{need:.1f} GiB", out)
     assert "largest of 4000 corners" in out and "d_model=1280 n_layer=12" in out
     assert re.search(r"--memory-budget 9 GiB: \d+ of the 4000 corners would be refused", out)
+    assert out.rstrip().endswith("then --confirm 3: the best 3 distinct configs and the references it enqueues "
+                                 "(baseline, report-000, report-003), each on train seeds 1, 2, 3: at most 18 more "
+                                 "full runs")
     assert list(tmp_path.iterdir()) == []                          # no database, no cache, no artifacts
 
 

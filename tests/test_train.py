@@ -304,6 +304,13 @@ def full_run(tiny_data, tmp_path_factory):
     return cfg, data, result, events, seen, observer
 
 
+
+def test_a_runs_device_label_names_the_gpu_model_that_its_timings_mean():
+    from mainrun.train import RunResult
+    gpu = RunResult(val_loss=1.0, device="cuda:0", device_name="NVIDIA H200", precision="bf16")
+    assert gpu.device_label == "cuda:0 NVIDIA H200 (bf16)"
+    assert RunResult(val_loss=1.0).device_label == "cpu (fp32)"
+
 def test_full_run_result(full_run):
     cfg, data, result, _, seen, _ = full_run
     batches = steps_per_epoch(cfg, len(data.train_ids))

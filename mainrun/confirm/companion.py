@@ -15,6 +15,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import __version__
+from ..commands import confirm_command, export_command
 from ..errors import SearchError
 from ..storage import machine_lock
 from .finalists import Finalist, config_key
@@ -118,7 +119,6 @@ def enqueue_lock(storage_url: str, study_name: str):
 def _save_dashboard_note(companion: optuna.Study, study_name: str, storage_url: str) -> None:
     from optuna_dashboard import save_note
 
-    from ..export import confirm_command, export_command
     save_note(companion, f"# {companion.study_name}\n\n"
                          f"Robustness runs of study `{study_name}`'s finalists (its best configs and the references "
                          "it enqueued), each on extra train seeds. Each trial's user attrs say which config "

@@ -1,21 +1,19 @@
 """What mainrun-confirm prints: the plan of a dry run, and the table and verdicts at the end."""
 from __future__ import annotations
 
-import shlex
 from typing import TYPE_CHECKING
 
+from ..commands import export_command, report_command
 from ..edges import recorded_space_edges
-from ..export import export_command
 from ..search.console import Echo, print_edges
-from ..storage import storage_flag
 from .companion import companion_name
+from .finalists import Plan
 from .stats import CURSE_SDS, LEVEL, Spread
 
 if TYPE_CHECKING:
     import optuna
 
     from .results import Confirmation, Confirmed
-    from .run import Plan
 
 
 def print_plan(plan: Plan, echo: Echo) -> None:
@@ -29,6 +27,13 @@ def print_plan(plan: Plan, echo: Echo) -> None:
     where = f"'{companion_name(name)}'" if plan.companion is not None else f"'{companion_name(name)}' (not made yet)"
     echo(f"train seeds {', '.join(map(str, plan.seeds))}: {total} runs, {total - len(plan.missing)} settled in "
          f"{where}, {len(plan.missing)} to run")
+
+
+def print_plan_after_search(top: int, references: list[str], seeds: list[int], echo: Echo) -> None:
+    refs = f" and the references it enqueues ({', '.join(references)})" if references else ""
+    runs = (top + len(references)) * len(seeds)
+    echo(f"then --confirm {top}: the best {top} distinct configs{refs}, each on train seeds "
+         f"{', '.join(map(str, seeds))}: at most {runs} more full runs")
 
 
 def spread_text(s: Spread) -> tuple[str, str]:
@@ -102,4 +107,4 @@ def print_confirmation(c: Confirmation, storage_url: str, echo: Echo, search: op
         print_edges(recorded_space_edges(search, c.best.finalist.trial), f"the confirmed best ({c.best.name})", echo)
     echo("\nnext:")
     echo(f"  {export_command(storage_url, c.study, confirmed=True)}")
-    echo(f"  mainrun-report --study {shlex.quote(c.study)}{storage_flag(storage_url)} --out report-{c.study}")
+    echo(f"  {report_command(storage_url, c.study)}")

@@ -135,3 +135,15 @@ def check_seed_list(seed_list: list[int]) -> None:
     bad = [s for s in seed_list if not 0 <= s < 2**63]
     if bad:
         raise SearchError(f"--seed-list: {bad[0]} is not a train seed (an integer in [0, 2**63))")
+
+
+@dataclass
+class Plan:
+    """What a confirmation would do: its finalists, its seeds, and the (finalist, seed) runs that
+    the companion study does not hold yet; read from the studies without writing anything."""
+    search: optuna.Study
+    finalists: list[Finalist]
+    seeds: list[int]
+    missing: list[tuple[Finalist, int]]
+    notes: list[str]
+    companion: optuna.Study | None

@@ -16,15 +16,15 @@ from ..data import prepare_data
 from ..errors import ConfigError, DataError, InputsChanged, SearchError, TrialFailed
 from ..search.console import Echo, say
 from ..search.objective import TrialRunner, failed
-from ..search.run import SearchOptions, WorkerPlacement, check_folder_can_be_made
+from ..search.run import Searched, SearchOptions, WorkerPlacement, check_folder_can_be_made
 from ..search.study import finished_count, tally
 from ..search.workers import Objective, WorkerContext, optuna_quieted, run_rounds
-from ..space import DATA_FIELDS
+from ..space import DATA_FIELDS, load_space
 from ..storage import StorageSettings, artifact_dir, checkpoint_dir, open_storage, open_study_readonly
 from .companion import SUFFIX, companion_name, enqueue_lock, enqueue_pairs, missing_pairs, open_companion, \
     read_companion
-from .console import print_confirmation, print_plan
-from .finalists import DEFAULT_TOP, Finalist, check_seed_list, select_finalists, train_seeds
+from .console import print_confirmation, print_plan, print_plan_after_search
+from .finalists import DEFAULT_TOP, REFERENCES, Finalist, Plan, check_seed_list, select_finalists, train_seeds
 from .results import read_confirmation
 
 
@@ -46,9 +46,9 @@ class ConfirmOptions(WorkerPlacement):
     memory_budget_gib: float | None = None
 
     @classmethod
-    def after_search(cls, opts: SearchOptions, study_name: str) -> ConfirmOptions:
+    def after_search(cls, opts: SearchOptions, study_name: str, top: int) -> ConfirmOptions:
         """mainrun-search --confirm K: the search's best K, on the search's workers and data."""
-        return cls(study=study_name, storage=opts.storage, top=opts.confirm, dataset=opts.dataset, device=opts.device,
+        return cls(study=study_name, storage=opts.storage, top=top, dataset=opts.dataset, device=opts.device,
                    jobs=opts.jobs, gpus=opts.gpus, jobs_per_gpu=opts.jobs_per_gpu, cache_dir=opts.cache_dir,
                    artifacts=opts.artifacts, memory_budget_gib=opts.memory_budget_gib)
 
@@ -94,17 +94,6 @@ class ConfirmObjective:
                 raise failed(trial, TrialFailed(str(e))) from None
             return run(trial, cfg)
         return objective
-
-
-@dataclass
-class Plan:
-    """What a confirmation would do, read from the studies without writing anything."""
-    search: optuna.Study
-    finalists: list[Finalist]
-    seeds: list[int]
-    missing: list[tuple[Finalist, int]]
-    notes: list[str]
-    companion: optuna.Study | None
 
 
 def plan_confirm(opts: ConfirmOptions) -> Plan:
@@ -192,6 +181,24 @@ def run_confirm(opts: ConfirmOptions, echo: Echo = say, dry_run: bool = False) -
              "see the table")
         code = 1
     return code
+
+
+def confirm_after_search(opts: SearchOptions, searched: Searched, top: int, echo: Echo = say) -> int:
+    """mainrun-search --confirm K: once the search has finished, confirm its best K configs and its
+    references, on the search's workers. The exit code."""
+    if searched.exit_code != 0:
+        echo("confirm: not started, since the search did not finish")
+        return searched.exit_code
+    echo("")
+    return run_confirm(ConfirmOptions.after_search(opts, searched.study_name, top), echo)
+
+
+def plan_after_search(opts: SearchOptions, top: int, echo: Echo = say) -> None:
+    """mainrun-search --dry-run --confirm K: what the confirmation would add to the search, at
+    most (the finalists are not known before the search; a reference among the best counts once)."""
+    space = load_space(opts.space, opts.sampler, opts.pruner)
+    references = [label for label, _ in space.enqueue if label in REFERENCES]
+    print_plan_after_search(top, references, train_seeds(None, None, []), echo)
 
 
 def _say_what_runs(plan: Plan, missing: list[tuple[Finalist, int]], echo: Echo) -> None:

@@ -1,6 +1,7 @@
 """mainrun-search: Optuna over full seven-epoch training runs, one trial per run.
 
-    run.py         SearchOptions, run_search: inputs checked, data prepared once, study opened, workers run
+    run.py         SearchOptions, run_search: inputs checked, data prepared once, study opened, workers run;
+                   the study it ran and the exit code (Searched), which mainrun-search --confirm hands on
     plan.py        --dry-run: what the space samples and how big its models get
     study.py       the study: identity, create or resume, enqueued configs, policy; how its trials read
     objective.py   one trial: sample, refuse if too big, train and report, record, keep artifacts
@@ -12,6 +13,6 @@ The study database itself (URLs, opening, locks, the artifact folder) is `mainru
 shared with mainrun-export and mainrun-report.
 """
 from .plan import plan_search
-from .run import SearchOptions, run_search
+from .run import Searched, SearchOptions, run_search
 
-__all__ = ["SearchOptions", "plan_search", "run_search"]
+__all__ = ["SearchOptions", "Searched", "plan_search", "run_search"]

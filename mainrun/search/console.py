@@ -10,11 +10,10 @@ from typing import Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from ..commands import confirm_command, dashboard_command, export_command
 from ..edges import edge_warnings
-from ..export import confirm_command, export_command
 from ..formats import clock, param_value
 from ..space import SearchSpace
-from ..storage import redact
 from .study import describe_counts, display_params, tally
 
 Echo = Callable[[str], None]
@@ -94,6 +93,3 @@ def print_edges(edges: list[str], who: str, echo: Echo) -> None:
         for line in edges:
             echo(f"  {line}")
 
-
-def dashboard_command(storage_url: str, artifacts: Path) -> str:
-    return f"optuna-dashboard {redact(storage_url)} --host 127.0.0.1 --port 8080 --artifact-dir {artifacts}"

@@ -222,7 +222,7 @@ def _record(trial: optuna.Trial, result: RunResult) -> None:
     trial.set_user_attr("tokens_per_second", round(result.tokens_per_second))
     if result.peak_memory_mb is not None:
         trial.set_user_attr("peak_memory_mb", round(result.peak_memory_mb, 1))
-    trial.set_user_attr("device", f"{result.device} ({result.precision})")
+    trial.set_user_attr("device", result.device_label)
     trial.set_user_attr("steps", result.steps)
     trial.set_user_attr("max_steps", result.max_steps)
 

@@ -17,8 +17,9 @@ from ..data import prepare_data
 from ..errors import SearchError
 from ..space import SearchSpace, load_space
 from ..checkpoint import TrialCheckpoints
+from ..commands import dashboard_command
 from ..storage import StorageSettings, artifact_dir, check_storage_url, checkpoint_dir, open_storage
-from .console import NO_GPU_WARNING, Echo, dashboard_command, print_summary, say
+from .console import NO_GPU_WARNING, Echo, print_summary, say
 from .objective import SearchObjective
 from .study import finished_count, open_study
 from .workers import ObjectiveFactory, WorkerContext, optuna_quieted, run_rounds, usable_cpus
@@ -80,7 +81,6 @@ class SearchOptions(WorkerPlacement):
     memory_budget_gib: float | None = None
     timeout: float | None = None         # seconds after which no new trial starts
     tensorboard: str | None = None       # a folder for each trial's TensorBoard event files
-    confirm: int | None = None           # then confirm the best `confirm` configs on extra train seeds
     checkpoint_dir: str | None = None    # default: beside the artifacts folder
 
     def base_config(self, space: SearchSpace) -> RunConfig:
@@ -89,9 +89,16 @@ class SearchOptions(WorkerPlacement):
                                    base=RunConfig.from_dict(space.fixed))
 
 
-def run_search(opts: SearchOptions, echo: Echo = say) -> int:
+@dataclass(frozen=True)
+class Searched:
+    """How a search ended: its exit code, and the study it ran (NAME-2 and so on with --new-study)."""
+    exit_code: int
+    study_name: str
+
+
+def run_search(opts: SearchOptions, echo: Echo = say) -> Searched:
     """Prepare the data once, open the study, run workers until it holds `opts.trials`
-    finished trials. Returns the process exit code."""
+    finished trials, print the summary."""
     space = load_space(opts.space, opts.sampler, opts.pruner)       # validated before anything exists
     base = opts.base_config(space)
     gpu = opts.uses_gpu()
@@ -132,13 +139,7 @@ def run_search(opts: SearchOptions, echo: Echo = say) -> int:
             with contextlib.suppress(Exception):
                 TrialCheckpoints(checkpoints).sweep(study)
     print_summary(study, opts.storage.url, artifacts, echo=echo, space=space)
-    if opts.confirm and code != 0:
-        echo("confirm: not started, since the search did not finish")
-    elif opts.confirm:
-        from ..confirm.run import ConfirmOptions, run_confirm
-        echo("")
-        code = run_confirm(ConfirmOptions.after_search(opts, study.study_name), echo)
-    return code
+    return Searched(code, study.study_name)
 
 
 def check_folder_can_be_made(folder: Path, flag: str) -> None:

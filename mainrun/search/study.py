@@ -20,7 +20,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from .. import __version__
 from ..errors import SearchError
-from ..export import export_command
+from ..commands import export_command
 from ..storage import drop_idle_connections, redact
 
 if TYPE_CHECKING:
