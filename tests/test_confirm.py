@@ -360,6 +360,19 @@ def test_a_search_that_did_not_finish_is_not_confirmed(tmp_path, capsys):
     assert "confirm: not started, since the search did not finish" in capsys.readouterr().out
     assert not (tmp_path / "s.db").exists()
 
+
+def test_a_dry_run_with_confirm_says_what_the_confirmation_adds_and_skips_the_official_seed(tmp_path, capsys):
+    from mainrun.cli import search_main
+    spec = yaml.safe_load((SPACES / "smoke.yaml").read_text())
+    spec["fixed"]["train_seed"] = 2                  # the search's own runs are train seed 2
+    space = tmp_path / "seeded.yaml"
+    space.write_text(yaml.safe_dump(spec, sort_keys=False))
+    assert search_main(["--space", str(space), "--storage", f"sqlite:///{tmp_path / 'x.db'}", "--dataset", "unread.txt",
+                        "--dry-run", "--confirm", "2"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(
+        "then --confirm 2: the best 2 distinct configs, each on train seeds 1, 3, 4: at most 6 more full runs")
+    assert list(tmp_path.iterdir()) == [space]
+
 def _training(pid: int) -> bool:
     """Whether the process has a trial's JSONL log open, i.e. trains a run now."""
     try:

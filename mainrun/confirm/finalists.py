@@ -102,13 +102,12 @@ def _name(trial: FrozenTrial) -> str:
     return trial.user_attrs.get("enqueued_as") or f"trial {trial.number}"
 
 
-def train_seeds(count: int | None, seed_list: list[int] | None, finalists: list[Finalist]) -> list[int]:
-    """The extra train seeds: `seed_list` as given, or 1..count (default 3), never a finalist's
-    official seed (its search run already is that seed)."""
-    official = sorted({official_seed(f.config) for f in finalists})
+def train_seeds(count: int | None, seed_list: list[int] | None, official: set[int]) -> list[int]:
+    """The extra train seeds: `seed_list` as given, or 1..count (default 3), never an `official`
+    seed (the finalists' search runs already are that seed)."""
     if seed_list is not None:
         check_seed_list(seed_list)
-        clash = sorted(set(seed_list) & set(official))
+        clash = sorted(set(seed_list) & official)
         if clash:
             raise SearchError(f"--seed-list contains {clash[0]}, the official train seed: the search's own run "
                               "is that seed already; pick other seeds")

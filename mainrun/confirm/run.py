@@ -24,7 +24,8 @@ from ..storage import StorageSettings, artifact_dir, checkpoint_dir, open_storag
 from .companion import SUFFIX, companion_name, enqueue_lock, enqueue_pairs, missing_pairs, open_companion, \
     read_companion
 from .console import print_confirmation, print_plan, print_plan_after_search
-from .finalists import DEFAULT_TOP, REFERENCES, Finalist, Plan, check_seed_list, select_finalists, train_seeds
+from .finalists import DEFAULT_TOP, REFERENCES, Finalist, Plan, check_seed_list, official_seed, select_finalists, \
+    train_seeds
 from .results import read_confirmation
 
 
@@ -113,7 +114,7 @@ def plan_confirm(opts: ConfirmOptions) -> Plan:
     if opts.against is not None and opts.against not in {f.name for f in finalists}:
         raise SearchError(f"--against {opts.against}: not among the configs to confirm ("
                           + ", ".join(f.name for f in finalists) + "); name one of them, or raise --top")
-    seeds = train_seeds(opts.seeds, opts.seed_list, finalists)
+    seeds = train_seeds(opts.seeds, opts.seed_list, {official_seed(f.config) for f in finalists})
     companion = read_companion(search)
     return Plan(search, finalists, seeds, missing_pairs(companion, finalists, seeds), notes, companion)
 
@@ -198,7 +199,8 @@ def plan_after_search(opts: SearchOptions, top: int, echo: Echo = say) -> None:
     most (the finalists are not known before the search; a reference among the best counts once)."""
     space = load_space(opts.space, opts.sampler, opts.pruner)
     references = [label for label, _ in space.enqueue if label in REFERENCES]
-    print_plan_after_search(top, references, train_seeds(None, None, []), echo)
+    official = opts.base_config(space).effective_train_seed
+    print_plan_after_search(top, references, train_seeds(None, None, {official}), echo)
 
 
 def _say_what_runs(plan: Plan, missing: list[tuple[Finalist, int]], echo: Echo) -> None:
