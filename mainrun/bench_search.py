@@ -37,7 +37,7 @@ from optuna.trial import TrialState
 from .compare import device_seconds
 from .config import RunConfig
 from .errors import SearchError
-from .report import as_number
+from .report import as_number, compute_totals
 from .search.run import WorkerPlacement
 from .search.study import FINISHED
 from .space import DATA_FIELDS
@@ -266,7 +266,7 @@ def search_row(name: str, jobs: int, storage: str, study_name: str, wall: float,
             "traced_trials": len(traced), "traced_setup_median_s": statistics.median(traced) if traced else None,
             "trials_per_hour": 3600 * len(finished) / wall, "full_runs_per_hour": 3600 * full_runs / wall,
             "best": min(complete) if complete else None,
-            "devices": sorted({t.user_attrs["device"] for t in trials if "device" in t.user_attrs})}
+            "devices": compute_totals(finished).devices}
 
 
 def print_search_rows(rows: list[dict]) -> None:

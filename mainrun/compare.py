@@ -55,6 +55,7 @@ class StudyResult:
     best_at_budget: float | None = None
     seconds_to_target: float | None = None
     policy: str = ""                     # sampler+pruner with their options: what repeated searches share
+    devices: list[str] = field(default_factory=list)    # as its finished trials recorded them
 
     @property
     def label(self) -> str:
@@ -234,7 +235,8 @@ def summarize_study(name: str, trials: list[FrozenTrial], attrs: dict[str, Any],
     return StudyResult(name=name, sampler=sampler, pruner=pruner, counts=totals.counts,
                        spent_seconds=curve[-1][0], saved_seconds=totals.saved_seconds, unit=totals.unit,
                        untimed_trials=sum(is_untimed(t) for t in finished), curve=curve, best_value=curve[-1][1],
-                       unfinished_trials=len(trials) - len(finished), policy=policy_label(attrs))
+                       unfinished_trials=len(trials) - len(finished), policy=policy_label(attrs),
+                       devices=totals.devices)
 
 
 def refuse_repeated_names(names: list[str]) -> None:
@@ -270,7 +272,7 @@ def compare_studies(studies: list[optuna.Study]) -> Comparison:
         groups.setdefault(r.policy, PolicyGroup(r.policy, [])).studies.append(r)
     return Comparison(studies=results, minimize=minimize, budget_seconds=budget, target_value=target,
                       unit=units.pop() if len(units) == 1 else "device-seconds", metric=names[0] if names else METRIC,
-                      caveats=caveats(studies), groups=list(groups.values()))
+                      caveats=caveats(studies, results), groups=list(groups.values()))
 
 
 def _space_signature(attrs: dict[str, Any]) -> str | None:
@@ -296,7 +298,7 @@ def name_spaces(results: list[StudyResult], attrs: list[dict[str, Any]]) -> None
         r.policy += f" on {stems[sig]}" + (f" #{named.index(sig) + 1}" if len(named) > 1 else "")
 
 
-def caveats(studies: list[optuna.Study]) -> list[str]:
+def caveats(studies: list[optuna.Study], results: list[StudyResult]) -> list[str]:
     """What makes the studies incomparable: other data, or spaces that fix different run fields
     (epochs, scoring geometry, ...), for their values; other devices (GPU model, precision), for
     their device time, the budget the comparison is made at. Different params or policies are
@@ -314,19 +316,13 @@ def caveats(studies: list[optuna.Study]) -> list[str]:
         values = ", ".join(f"'{name}' {f.get(k, '(default)')!r}" for name, f in fixed.items())
         said.append(f"The studies' spaces fix different run fields ({', '.join(map(str, differ))}; {k}: {values}), "
                     "so their values may not compare.")
-    devices = {s.study_name: _devices(s) for s in studies}
+    # without the GPU index: the machine's other GPU of the same model trains at the same speed
+    devices = {r.name: {re.sub(r"^(\w+):\d+", r"\1", d) for d in r.devices} for r in results}
     if len({frozenset(d) for d in devices.values() if d}) > 1:
         values = "; ".join(f"'{name}' {', '.join(sorted(d))}" for name, d in devices.items() if d)
         said.append(f"The studies trained on different devices ({values}), so their device time, the budget "
                     "they are compared at, does not compare.")
     return said
-
-
-def _devices(study: optuna.Study) -> set[str]:
-    """The devices a study's trials recorded, without the GPU index ('cuda NVIDIA H200 (bf16)'):
-    the machine's other GPU of the same model trains at the same speed."""
-    return {re.sub(r"^(\w+):\d+", r"\1", str(t.user_attrs["device"]))
-            for t in study.get_trials(deepcopy=False) if "device" in t.user_attrs}
 
 
 # ---------------------------------------------------------------------- the comparison in words

@@ -20,11 +20,11 @@ import optuna
 import yaml
 from optuna.trial import FrozenTrial, TrialState
 
+from .commands import export_command
 from .confirm.figures import confirmed_section, study_confirmation
 from .curves import curves_figure, trial_curves, write_curves_png
 from .edges import recorded_space_edges
 from .errors import SearchError
-from .commands import export_command
 from .formats import duration
 from .pages import PNG_DPI, output_folder, plot_div, render_page
 from .search.study import METRIC, best_trial, display_params

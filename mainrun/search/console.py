@@ -92,4 +92,3 @@ def print_edges(edges: list[str], who: str, echo: Echo) -> None:
         echo(f"\n{who} is at the edge of the space; the optimum may lie outside it:")
         for line in edges:
             echo(f"  {line}")
-

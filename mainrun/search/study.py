@@ -19,8 +19,8 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .. import __version__
-from ..errors import SearchError
 from ..commands import export_command
+from ..errors import SearchError
 from ..storage import drop_idle_connections, redact
 
 if TYPE_CHECKING:
