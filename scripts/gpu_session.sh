@@ -7,7 +7,7 @@
 #   mkdir -p .gpu/resume && cp standin.db .gpu/resume/         # optional: go on with an earlier session's study
 # Then the device tool's run, with carry [".gpu"] and timeout_s 600:
 #   pip install -q --no-index --no-deps --no-compile --target .gpu/site .gpu/whl/*.whl \
-#     && export PYTHONPATH=$PWD/.gpu/site:$PWD && bash scripts/gpu_session.sh confirm runs
+#     && export PYTHONPATH=$PWD/.gpu/site:$PWD && OUT=$OUT bash scripts/gpu_session.sh confirm runs
 # and give the machine back when it returns. The report, the export and the tables need no GPU:
 # they are made back on the CPU machine from the files it brings, not in device time. (The GPU
 # image has scipy, jinja2 and narwhals; plotly, optuna-dashboard and bottle travel as wheels.)
