@@ -7,6 +7,7 @@ import json
 import random
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -55,8 +56,11 @@ def interrupted_inside_the_next_read(interrupt: Callable[[], None], another_writ
     from sqlalchemy.engine import Engine
 
     unread = []                               # held, as the interrupt's traceback holds a real one's
+    reader = threading.get_ident()
 
     def land_here(conn, *_):                  # the engine's hook right after a statement ran
+        if threading.get_ident() != reader:   # another thread's statement (the heartbeat's) is not the read
+            return
         event.remove(Engine, "after_execute", land_here)
         idle = [conn.engine.connect() for _ in range(3)]
         unread.extend(c.exec_driver_sql("SELECT * FROM studies") for c in idle)

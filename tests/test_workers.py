@@ -443,6 +443,30 @@ def test_a_ctrl_c_inside_a_storage_read_is_recorded_like_any_other(tmp_path, cap
     assert "interrupted (SIGINT); trial 0 is recorded as failed" in capsys.readouterr().out
 
 
+def test_the_ctrl_c_lands_in_the_reading_thread_though_a_heartbeat_writes_first(tmp_path):
+    """The test above failed once in CI: the heartbeat thread's write was the first statement after
+    the hook was set, so the Ctrl-C landed there and the read ran to its end."""
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    study = optuna.create_study(study_name=STUDY, storage=url)
+    landed_in = []
+
+    def ctrl_c():
+        landed_in.append(threading.current_thread().name)
+        raise KeyboardInterrupt
+
+    def heartbeat():
+        optuna.load_study(study_name=STUDY, storage=url).set_user_attr("heartbeat", 1)
+
+    with pytest.raises(KeyboardInterrupt):
+        with interrupted_inside_the_next_read(ctrl_c, lambda: None):
+            beat = threading.Thread(target=heartbeat, name="heartbeat")
+            beat.start()
+            beat.join()
+            study.get_trials(deepcopy=False)
+    assert landed_in == ["MainThread"]
+    assert optuna.load_study(study_name=STUDY, storage=url).user_attrs == {"heartbeat": 1}
+
+
 class InterruptedInsideThePrunersRead(optuna.pruners.BasePruner):
     """A pruner whose Ctrl-C lands inside its read of the study, as another worker writes."""
 
