@@ -100,7 +100,9 @@ PY
     [ $? -le 1 ] && mv "$OUT/artifacts.tar.gz.part" "$OUT/artifacts.tar.gz"
     exec 9>&-
 }
-( while sleep 30; do snapshot; done ) &
+# The loop's sleep is killed with it: left running, it would hold the command's output open,
+# and the command would end up to 30 s after the script.
+( trap 'kill $nap 2>/dev/null; exit 0' TERM; while :; do sleep 30 & nap=$!; wait $nap; snapshot; done ) &
 SNAPSHOTTER=$!
 trap 'kill $SNAPSHOTTER 2>/dev/null; snapshot; say "done"' EXIT
 
