@@ -141,9 +141,8 @@ for step in "${STEPS[@]}"; do
             # shellcheck disable=SC2086  # RUNS_ARGS is a list of arguments
             run_step runs python -m mainrun.bench --dataset "$DATA" --device "$DEVICE" $RUNS_ARGS --json "$OUT/runs.json" ;;
         search-bench)
-            run_step search-bench python -m mainrun.bench --dataset "$DATA" --device "$DEVICE" --search "$SEARCH_SPACE" \
-                --trials "$SEARCH_TRIALS" --jobs "$JOBS" --inductor-cache empty --studies "$WORK/bench" \
-                --json "$OUT/search-bench.json" ;;
+            run_step search-bench python -m mainrun.bench "${common[@]}" --search "$SEARCH_SPACE" \
+                --trials "$SEARCH_TRIALS" --inductor-cache empty --studies "$WORK/bench" --json "$OUT/search-bench.json" ;;
         ablate)
             run_step ablate "${MAINRUN[@]}" search --space "$ABLATE_SPACE" --study ablate --trials "$ABLATE_TRIALS" \
                 --storage "$(storage ablate)" "${common[@]}" ;;
